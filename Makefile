@@ -1,0 +1,72 @@
+# obol: `make demo` and `make test` do all set-up on a fresh Debian 12 as root.
+SHELL := /bin/bash
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+export PATH := $(dir $(GO)):$(PATH)
+BIN := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/obol-ipsec/obol/internal/daemon.Version=$(VERSION)
+
+# Debian packages the lab and the tests use (real charon, knot, unbound).
+DEB_PKGS := charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins \
+	libstrongswan-extra-plugins knot knot-dnsutils unbound iproute2 tcpdump \
+	dnsutils iputils-ping netcat-openbsd gcc
+
+.PHONY: all build deps test unit e2e demo bench fuzz vet clean
+
+all: build
+
+# deps installs what is missing, and only that (apt-get update once if needed).
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: these packages are missing and need root to install: $$missing" >&2; exit 1; fi; \
+		echo "installing: $$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@test -x "$(GO)" || { echo "make: no Go toolchain found (looked for go in PATH and /usr/local/go/bin); install Go 1.26" >&2; exit 1; }
+	@$(GO) mod download
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obold ./cmd/obold
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obolctl ./cmd/obolctl
+
+vet:
+	$(GO) vet ./...
+
+# test runs everything: unit tests, real-charon integration tests and the
+# end-to-end lab tests (root: network namespaces). Nothing is skipped.
+test: deps build vet
+	@[ "$$(id -u)" = 0 ] || { echo "make test: the e2e tests need root (network namespaces, charon)" >&2; exit 1; }
+	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 2 -timeout 20m ./...
+	@$(MAKE) --no-print-directory check-clean
+
+unit:
+	$(GO) test -count=1 ./internal/... ./plugins/... ./cmd/...
+
+e2e: deps build
+	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 20m ./e2e/...
+
+# check-clean fails if a test left a namespace or one of our daemons behind.
+check-clean:
+	@left=$$(ip netns list 2>/dev/null | grep -E '^obl[a-z0-9]{5}-' || true); \
+	procs=$$(pgrep -a -x 'charon-systemd|knotd|unbound|obold' || true); \
+	if [ -n "$$left$$procs" ]; then echo "left behind:"; echo "$$left"; echo "$$procs"; exit 1; fi; \
+	echo "clean: no lab namespace, charon, knot, unbound or obold left"
+
+demo: deps build
+	@[ "$$(id -u)" = 0 ] || { echo "make demo: needs root (network namespaces, charon)" >&2; exit 1; }
+	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) run ./e2e/demo
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+FUZZTIME ?= 10s
+fuzz:
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read pkg dir; do \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+			echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; done
+
+clean:
+	rm -rf $(BIN)

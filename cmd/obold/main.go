@@ -1,0 +1,162 @@
+// Command obold is obol's daemon: it runs beside charon, drives it over
+// VICI and serves obolctl on a control socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/internal/control"
+	"github.com/obol-ipsec/obol/internal/daemon"
+	"github.com/obol-ipsec/obol/internal/xfrm"
+	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/vici"
+)
+
+const usage = `obold: obol's daemon beside strongSwan's charon.
+
+Usage:
+  obold [--config FILE]          run (default config /etc/obol/obold.toml)
+  obold --check-config FILE      check a config file and exit (0: good, 1: bad)
+  obold --version
+
+obold talks to charon over VICI, loads only conns named with its prefix
+(obold.conn_prefix, default "obol-") and never touches what swanctl loaded.
+Signals: SIGHUP reloads the config; SIGTERM/SIGINT stop obold, which first
+removes what it loaded (unless obold.on_stop = "leave").
+
+Flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("obold", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "/etc/obol/obold.toml", "config `FILE` (TOML)")
+	check := fs.String("check-config", "", "check config `FILE` and exit")
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "obold: unexpected argument %q; see obold --help\n", fs.Arg(0))
+		return 2
+	}
+	if *version {
+		fmt.Fprintln(stdout, "obold", daemon.Version)
+		return 0
+	}
+	if *check != "" {
+		if _, err := config.Load(*check); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: OK\n", *check)
+		return 0
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg.Log, stderr)
+	if err := serve(cfg, *cfgPath, log); err != nil {
+		log.Error("obold stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level)) // config checked it
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serve(cfg *config.Config, path string, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	gid := -1
+	if cfg.Control.Group != "" {
+		g, err := user.LookupGroup(cfg.Control.Group)
+		if err != nil {
+			return fmt.Errorf("control group %q: %w", cfg.Control.Group, err)
+		}
+		gid, _ = strconv.Atoi(g.Gid)
+	}
+	ln, err := control.Listen(cfg.Control.Socket, os.FileMode(cfg.Control.Mode), gid)
+	if err != nil {
+		return err
+	}
+
+	vopts := vici.Options{Logger: log, CallTimeout: time.Duration(cfg.Charon.CallTimeout)}
+	client := vici.NewClient(cfg.Charon.VICISocket, vopts)
+	defer client.Close()
+	modules := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
+	d := daemon.New(cfg, client, modules, log)
+
+	srv := control.NewServer(d.Handlers(), gid, log)
+	srvDone := make(chan error, 1)
+	srvCtx, stopSrv := context.WithCancel(context.Background())
+	defer stopSrv()
+	go func() { srvDone <- srv.Serve(srvCtx, ln) }()
+
+	// Reloads run beside the event loop; Reconcile serialises them.
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				nc, err := config.Load(path)
+				if err != nil {
+					log.Error("reload refused: the config has errors; keeping the running config", "err", err)
+					continue
+				}
+				if err := d.Reload(ctx, nc); err != nil {
+					log.Error("reload applied with errors", "err", err)
+				} else {
+					log.Info("reloaded", "config", path)
+				}
+			}
+		}
+	}()
+
+	log.Info("obold started", "version", daemon.Version, "config", path, "vici", cfg.Charon.VICISocket, "control", cfg.Control.Socket)
+	events := vici.WatchEvents(ctx, cfg.Charon.VICISocket, vopts)
+	err = d.Run(ctx, events.C)
+	stopSrv()
+	if serr := <-srvDone; serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}

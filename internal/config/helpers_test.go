@@ -1,0 +1,8 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+)
+
+func readTestdata(name string) ([]byte, error) { return os.ReadFile(filepath.Join("testdata", name)) }

@@ -1,0 +1,124 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+)
+
+// problem is a validation error at a resolved key path ("conn[0].local.auth").
+type problem struct {
+	path string
+	msg  string
+}
+
+var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,16}$`)
+
+// validate checks what the types alone cannot: required keys, cross-field
+// rules and referenced files. It returns every problem.
+func (c *Config) validate() []problem {
+	var ps []problem
+	bad := func(path, format string, args ...any) {
+		ps = append(ps, problem{path, fmt.Sprintf(format, args...)})
+	}
+	if !filepath.IsAbs(c.Charon.VICISocket) {
+		bad("charon.vici_socket", "vici_socket %q is not an absolute path; write charon's VICI socket path, e.g. \"/var/run/charon.vici\" (no unix:// prefix)", c.Charon.VICISocket)
+	}
+	if c.Charon.CallTimeout <= 0 {
+		bad("charon.call_timeout", "call_timeout must be more than zero; write e.g. \"10s\"")
+	}
+	if !prefixRE.MatchString(c.Obold.ConnPrefix) {
+		bad("obold.conn_prefix", "conn_prefix %q is unusable: obold owns every conn whose name starts with it, so it must be 1 to 16 letters, digits, '-' or '_'; write e.g. \"obol-\"", c.Obold.ConnPrefix)
+	}
+	if !filepath.IsAbs(c.Control.Socket) {
+		bad("control.socket", "socket %q is not an absolute path; write e.g. \"/run/obol/obold.sock\"", c.Control.Socket)
+	}
+	if c.Control.Group != "" {
+		if _, err := user.LookupGroup(c.Control.Group); err != nil {
+			bad("control.group", "group %q does not exist on this host; create it or remove the key (root only)", c.Control.Group)
+		}
+	}
+	names := map[Name]int{}
+	for i := range c.Conns {
+		ps = append(ps, c.Conns[i].validate(fmt.Sprintf("conn[%d]", i), names, i)...)
+	}
+	return ps
+}
+
+func (cn *Conn) validate(at string, names map[Name]int, idx int) []problem {
+	var ps []problem
+	bad := func(path, format string, args ...any) {
+		ps = append(ps, problem{path, fmt.Sprintf(format, args...)})
+	}
+	if cn.Name == "" {
+		bad(at, "this [[conn]] has no name; add name = \"...\" (obold loads it as conn_prefix + name)")
+	} else if prev, dup := names[cn.Name]; dup {
+		bad(at+".name", "conn name %q is used twice (also by conn #%d); give each [[conn]] its own name", cn.Name, prev+1)
+	} else {
+		names[cn.Name] = idx
+	}
+	switch cn.Version {
+	case 0, 1, 2:
+	default:
+		bad(at+".version", "version %d is not an IKE version; write 2 (IKEv2), 1 (IKEv1) or leave it out for either", cn.Version)
+	}
+	for _, sa := range []struct {
+		side string
+		a    *Auth
+	}{{"local", &cn.Local}, {"remote", &cn.Remote}} {
+		side, a := sa.side, sa.a
+		p := at + "." + side
+		switch a.Auth {
+		case "":
+			bad(p, "[%s.%s] needs auth; write auth = \"pubkey\" or auth = \"psk\"", at, side)
+		case "psk":
+			if cn.PSKFile == "" {
+				bad(p+".auth", "auth = \"psk\" needs the secret: add psk_file = \"PATH\" to this [[conn]]")
+			}
+		}
+		if side == "local" && len(a.Pubkeys) > 0 {
+			bad(p+".pubkeys", "pubkeys are the peer's keys; move them to [conn.remote]")
+		}
+		if side == "remote" && a.KeyFile != "" {
+			bad(p+".key_file", "key_file is our own private key; move it to [conn.local]")
+		}
+	}
+	if cn.Local.Auth == "pubkey" && cn.Local.KeyFile == "" {
+		bad(at+".local.auth", "auth = \"pubkey\" needs our private key: add key_file = \"PATH\" (PEM) to [conn.local]")
+	}
+	if cn.Remote.Auth == "pubkey" && len(cn.Remote.Pubkeys) == 0 {
+		bad(at+".remote.auth", "auth = \"pubkey\" needs the peer's public key: add pubkeys = [\"PATH\"] (PEM) to [conn.remote]")
+	}
+	checkFile := func(path, file, what string) {
+		if file == "" {
+			return
+		}
+		if _, err := os.ReadFile(file); err != nil {
+			bad(path, "cannot read %s %q: %v; fix the path (relative paths start at the config's directory) or the file's permissions", what, file, err)
+		}
+	}
+	checkFile(at+".psk_file", cn.PSKFile, "psk_file")
+	checkFile(at+".local.key_file", cn.Local.KeyFile, "key_file")
+	for _, f := range cn.Remote.Pubkeys {
+		checkFile(at+".remote.pubkeys", f, "public key")
+	}
+	if len(cn.Children) == 0 {
+		bad(at, "conn %q has no [[conn.child]]; add one with name, local_ts and remote_ts", cn.Name)
+	}
+	childNames := map[Name]bool{}
+	for j, ch := range cn.Children {
+		cp := fmt.Sprintf("%s.child[%d]", at, j)
+		if ch.Name == "" {
+			bad(cp, "this [[conn.child]] has no name; add name = \"...\"")
+		} else if childNames[ch.Name] {
+			bad(cp+".name", "child name %q is used twice in conn %q; give each child its own name", ch.Name, cn.Name)
+		}
+		childNames[ch.Name] = true
+		if ch.LabelMode != "" && ch.Label == "" {
+			bad(cp+".label_mode", "label_mode without label does nothing; add label = \"...\" or remove label_mode")
+		}
+	}
+	return ps
+}

@@ -1,0 +1,115 @@
+package daemon
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/vici"
+)
+
+// desiredConn is a config conn made ready for charon: the VICI conn plus the
+// secrets it needs, and a digest to notice changes on reload.
+type desiredConn struct {
+	conn   vici.Conn
+	shared *vici.Shared
+	key    *vici.Key
+	digest [32]byte
+}
+
+// buildConn turns a [[conn]] into what obold loads into charon. Files are
+// read here, so a reload picks up a rotated key.
+func buildConn(prefix string, c config.Conn) (desiredConn, error) {
+	name := prefix + string(c.Name)
+	vc := vici.Conn{
+		Name:      name,
+		Version:   c.Version,
+		Proposals: c.Proposals,
+		DPDDelay:  time.Duration(c.DPDDelay),
+	}
+	for _, a := range c.LocalAddrs {
+		vc.LocalAddrs = append(vc.LocalAddrs, string(a))
+	}
+	for _, a := range c.RemoteAddrs {
+		vc.RemoteAddrs = append(vc.RemoteAddrs, string(a))
+	}
+	d := desiredConn{}
+	local := vici.Auth{Auth: string(c.Local.Auth), ID: c.Local.ID}
+	remote := vici.Auth{Auth: string(c.Remote.Auth), ID: c.Remote.ID}
+	if c.Local.KeyFile != "" {
+		b, err := os.ReadFile(c.Local.KeyFile)
+		if err != nil {
+			return d, fmt.Errorf("conn %s: read key_file: %w", c.Name, err)
+		}
+		d.key = &vici.Key{Type: "any", Data: b}
+	}
+	for _, f := range c.Remote.Pubkeys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return d, fmt.Errorf("conn %s: read pubkey: %w", c.Name, err)
+		}
+		remote.Pubkeys = append(remote.Pubkeys, b)
+	}
+	if c.PSKFile != "" {
+		b, err := os.ReadFile(c.PSKFile)
+		if err != nil {
+			return d, fmt.Errorf("conn %s: read psk_file: %w", c.Name, err)
+		}
+		secret := trimNewline(b)
+		if len(secret) == 0 {
+			return d, fmt.Errorf("conn %s: psk_file %s is empty; put the pre-shared key in it", c.Name, c.PSKFile)
+		}
+		var owners []string
+		for _, id := range []string{c.Local.ID, c.Remote.ID} {
+			if id != "" {
+				owners = append(owners, id)
+			}
+		}
+		d.shared = &vici.Shared{ID: name, Type: "ike", Data: secret, Owners: owners}
+	}
+	vc.Local = []vici.Auth{local}
+	vc.Remote = []vici.Auth{remote}
+	for _, ch := range c.Children {
+		child := vici.Child{
+			Name:         string(ch.Name),
+			Mode:         string(ch.Mode),
+			ESPProposals: ch.ESPProposals,
+			StartAction:  string(ch.StartAction),
+			Inactivity:   time.Duration(ch.Inactivity),
+			Label:        ch.Label,
+			LabelMode:    string(ch.LabelMode),
+		}
+		for _, ts := range ch.LocalTS {
+			child.LocalTS = append(child.LocalTS, string(ts))
+		}
+		for _, ts := range ch.RemoteTS {
+			child.RemoteTS = append(child.RemoteTS, string(ts))
+		}
+		vc.Children = append(vc.Children, child)
+	}
+	d.conn = vc
+	// Pubkeys are not in Conn's JSON form, so they are hashed on their own.
+	d.digest = digestOf(vc, remote.Pubkeys, d.shared, d.key)
+	return d, nil
+}
+
+func digestOf(parts ...any) [32]byte {
+	h := sha256.New()
+	for _, p := range parts {
+		b, _ := json.Marshal(p) // plain structs: cannot fail
+		h.Write(b)
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

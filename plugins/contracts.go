@@ -1,0 +1,160 @@
+package plugins
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// Resolver finds the IPsec gateways and public keys that DNS publishes for a
+// peer (opportunistic encryption, specs/opportunistic-encryption.txt).
+type Resolver interface {
+	// Lookup asks DNS about one peer. It never blocks past ctx's deadline.
+	// An empty Gateways with a nil error means "DNS says: no IPsec here".
+	Lookup(ctx context.Context, q LookupQuery) (LookupAnswer, error)
+}
+
+// LookupQuery names a peer by address or, for @FQDN identities, by name.
+type LookupQuery struct {
+	Addr netip.Addr // the peer's address (reverse map)
+	FQDN string     // set instead of Addr for a forward lookup
+}
+
+// LookupAnswer is what DNS said, with how far it can be trusted.
+type LookupAnswer struct {
+	Gateways []Gateway
+	DNSSEC   DNSSECStatus
+	TTL      time.Duration // how long the answer may be cached, negative answers too
+}
+
+// Gateway is one candidate IPsec gateway for a peer, with all its keys
+// (several during a key rollover).
+type Gateway struct {
+	Precedence int
+	Addr       netip.Addr // the gateway's address, or invalid when FQDN is set
+	FQDN       string
+	Keys       []PublicKey
+	Source     string // the record it came from: "TXT", "KEY", "IPSECKEY"
+}
+
+// PublicKey is a raw public key as published in DNS.
+type PublicKey struct {
+	Algorithm string // "rsa" or "ed25519"
+	Data      []byte // RFC 3110 wire form for RSA, 32 raw bytes for Ed25519
+}
+
+// DNSSECStatus is the validating resolver's verdict on an answer.
+type DNSSECStatus string
+
+const (
+	DNSSECSecure   DNSSECStatus = "secure"
+	DNSSECInsecure DNSSECStatus = "insecure"
+	DNSSECBogus    DNSSECStatus = "bogus"
+)
+
+// LabelPolicy decides which security labels may use which traffic
+// (specs/ikev2-security-label.txt).
+type LabelPolicy interface {
+	// Authorize says whether a flow carrying Label may use an SA for Flow.
+	Authorize(ctx context.Context, r LabelRequest) (LabelDecision, error)
+}
+
+// Flow is a traffic selector pair as obol sees it.
+type Flow struct {
+	Local, Remote netip.Prefix
+	Protocol      uint8  // 0 for any
+	LocalPort     uint16 // 0 for any
+	RemotePort    uint16
+}
+
+// LabelRequest asks whether Label may use Flow.
+type LabelRequest struct {
+	Flow  Flow
+	Label string
+}
+
+// LabelDecision is the policy's answer; Reason is shown to operators and in
+// the token API's WHY answers.
+type LabelDecision struct {
+	Allowed   bool
+	Required  bool   // SAs for this flow must be labeled
+	LabelMode string // what to give charon: "simple" or "selinux"
+	Reason    string
+}
+
+// XFRMChecker owns obold's view of the kernel's IPsec state: which datapath
+// charon uses, and whether what obold installed is still what it meant to.
+type XFRMChecker interface {
+	// Datapath tells where ESP runs, given charon's loaded plugins.
+	Datapath(ctx context.Context, charonPlugins []string) (Datapath, error)
+	// Check compares the policies obold wants with the kernel's.
+	Check(ctx context.Context, want []Policy) (Report, error)
+}
+
+// Datapath is where ESP packets are processed.
+type Datapath string
+
+const (
+	// DatapathKernel: charon's kernel-netlink installs XFRM SAs (kernel ESP).
+	DatapathKernel Datapath = "kernel"
+	// DatapathUserspace: charon's kernel-libipsec does ESP through a TUN device.
+	DatapathUserspace Datapath = "userspace"
+)
+
+// Policy is one kernel XFRM policy as obold means it.
+type Policy struct {
+	Src, Dst netip.Prefix
+	Proto    uint8
+	Dir      string // "out", "in", "fwd"
+	Action   string // "allow", "block", "trap"
+	Priority uint32
+	Mark     uint32
+	Lifetime time.Duration // zero: until removed
+}
+
+// Report is the outcome of Check. Stale entries are obold's own (by mark)
+// but no longer wanted.
+type Report struct {
+	Missing []Policy
+	Extra   []Policy
+	Stale   []Policy
+}
+
+// OK says the kernel matches what obold wants.
+func (r Report) OK() bool { return len(r.Missing)+len(r.Extra)+len(r.Stale) == 0 }
+
+// TokenAPI serves the application token API (specs/btns-abstract-api.txt)
+// on its own socket until ctx ends. The host gives it read access to SAs.
+type TokenAPI interface {
+	Serve(ctx context.Context, host TokenHost) error
+}
+
+// TokenHost is what obold offers the token API module.
+type TokenHost interface {
+	// SAs returns the IKE_SAs on the host, swanctl's included, as of now.
+	SAs(ctx context.Context) ([]SASummary, error)
+}
+
+// SASummary is the part of an SA the token API may show: no keys, no SPIs.
+type SASummary struct {
+	IKEName    string
+	UniqueID   uint32
+	LocalAddr  netip.Addr
+	RemoteAddr netip.Addr
+	LocalID    string
+	RemoteID   string
+	EncrAlg    string
+	IntegAlg   string
+	Label      string
+	LocalTS    []netip.Prefix
+	RemoteTS   []netip.Prefix
+}
+
+// Modules is the set obold runs with. A nil field means the module is not
+// enabled on this host, and obold works without that capability.
+type Modules struct {
+	Resolver Resolver
+	Labels   LabelPolicy
+	XFRM     XFRMChecker
+	TokenAPI TokenAPI
+}
