@@ -92,7 +92,7 @@ func printSAs(w io.Writer, sas []control.SA) {
 				strings.Join(ch.LocalTS, ","), strings.Join(ch.RemoteTS, ","),
 				algs(ch.EncrAlg, ch.EncrKeySize, ch.IntegAlg, "", ch.DHGroup), ch.InstallTime.Round(time.Second))
 			fmt.Fprintf(tw, "  \t\t%s\tin %s/%dp\tout %s/%dp\t%s\t\n", strings.Join(flags, " "),
-				bytes(ch.BytesIn), ch.PacketsIn, bytes(ch.BytesOut), ch.PacketsOut, strings.TrimSpace(label))
+				byteSize(ch.BytesIn), ch.PacketsIn, byteSize(ch.BytesOut), ch.PacketsOut, strings.TrimSpace(label))
 		}
 	}
 	tw.Flush()
@@ -121,7 +121,7 @@ func algs(encr string, size int, integ, prf, dh string) string {
 	return strings.Join(parts, "/")
 }
 
-func bytes(n uint64) string {
+func byteSize(n uint64) string {
 	switch {
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))

@@ -37,6 +37,10 @@ type Obold struct {
 	// ConnPrefix marks the charon conns obold owns; it never touches others.
 	ConnPrefix string `toml:"conn_prefix"`
 	OnStop     OnStop `toml:"on_stop"`
+	// ReconcileInterval is how often obold checks that its conns are still
+	// loaded: `swanctl --load-all` unloads every conn not in swanctl's files,
+	// obold's too, and obold puts them back.
+	ReconcileInterval Duration `toml:"reconcile_interval"`
 }
 
 // Control is the socket obolctl talks to.
@@ -95,7 +99,7 @@ type Child struct {
 func Defaults() Config {
 	return Config{
 		Charon:  Charon{VICISocket: "/var/run/charon.vici", CallTimeout: Duration(10e9)},
-		Obold:   Obold{ConnPrefix: "obol-", OnStop: OnStopRemove},
+		Obold:   Obold{ConnPrefix: "obol-", OnStop: OnStopRemove, ReconcileInterval: Duration(5e9)},
 		Control: Control{Socket: "/run/obol/obold.sock", Mode: 0o600},
 		Log:     Log{Level: "info", Format: "text"},
 	}
@@ -188,7 +192,7 @@ func decodeError(path string, err error) error {
 var known = map[string][]string{
 	"":            {"charon", "obold", "control", "log", "conn"},
 	"charon":      {"vici_socket", "call_timeout"},
-	"obold":       {"conn_prefix", "on_stop"},
+	"obold":       {"conn_prefix", "on_stop", "reconcile_interval"},
 	"control":     {"socket", "mode", "group"},
 	"log":         {"level", "format"},
 	"conn":        {"name", "version", "local_addrs", "remote_addrs", "proposals", "psk_file", "local", "remote", "child", "dpd_delay"},

@@ -32,6 +32,9 @@ func (c *Config) validate() []problem {
 	if !prefixRE.MatchString(c.Obold.ConnPrefix) {
 		bad("obold.conn_prefix", "conn_prefix %q is unusable: obold owns every conn whose name starts with it, so it must be 1 to 16 letters, digits, '-' or '_'; write e.g. \"obol-\"", c.Obold.ConnPrefix)
 	}
+	if c.Obold.ReconcileInterval < Duration(100e6) {
+		bad("obold.reconcile_interval", "reconcile_interval must be at least \"100ms\"; write e.g. \"5s\"")
+	}
 	if !filepath.IsAbs(c.Control.Socket) {
 		bad("control.socket", "socket %q is not an absolute path; write e.g. \"/run/obol/obold.sock\"", c.Control.Socket)
 	}

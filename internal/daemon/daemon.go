@@ -69,10 +69,23 @@ func New(cfg *config.Config, charon Charon, modules plugins.Modules, log *slog.L
 // Run follows events until ctx ends, then removes what obold installed
 // (unless on_stop = "leave"). events is the stream from vici.WatchEvents.
 func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
+	d.mu.Lock()
+	every := time.Duration(d.cfg.Obold.ReconcileInterval)
+	d.mu.Unlock()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return d.stop()
+		case <-tick.C:
+			// Cheap (one get-conns when nothing changed) and catches conns
+			// removed behind obold's back, e.g. by swanctl --load-all.
+			if d.connected() {
+				if err := d.Reconcile(ctx); err != nil {
+					d.log.Warn("periodic check of obold's conns failed", "err", err)
+				}
+			}
 		case ev, ok := <-events:
 			if !ok {
 				return d.stop()
@@ -269,8 +282,12 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 		d.mu.Lock()
 		prev, had := d.loaded[name]
 		d.mu.Unlock()
-		if had && prev.digest == dc.digest && slices.Contains(names, name) {
+		present := slices.Contains(names, name)
+		if had && prev.digest == dc.digest && present {
 			continue
+		}
+		if had && !present {
+			d.log.Warn("obold's conn vanished from charon (swanctl --load-all unloads conns it does not know); loading it again", "name", name)
 		}
 		if err := d.load(ctx, dc); err != nil {
 			errs = append(errs, err)

@@ -348,3 +348,19 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestConnRemovedBehindObolsBack(t *testing.T) {
+	f := newFake()
+	d := newTestDaemon(t, testConfig(t, "[obold]\nreconcile_interval = \"100ms\"\n"+twoConns), f)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan vici.Event, 1)
+	events <- vici.Event{Kind: vici.EventConnected}
+	go func() { _ = d.Run(ctx, events) }()
+	waitFor(t, func() bool { return len(f.names()) == 2 })
+	// What swanctl --load-all does to conns it does not know.
+	if err := f.UnloadConn(ctx, "obol-a"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return slices.Contains(f.names(), "obol-a") })
+}

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/obol-ipsec/obol/e2e/lab"
+	"github.com/obol-ipsec/obol/internal/control"
+)
+
+// genKey makes an Ed25519 key pair on n with strongswan-pki and returns the
+// paths of the private key and the public key (PEM).
+func genKey(t *testing.T, n *lab.Node, name string) (priv, pub string) {
+	t.Helper()
+	priv = n.Dir + "/" + name + ".key.pem"
+	pub = n.Dir + "/" + name + ".pub.pem"
+	run(t, n, "sh", "-c", fmt.Sprintf("pki --gen --type ed25519 --outform pem > %s && pki --pub --in %s --outform pem > %s", priv, priv, pub))
+	return priv, pub
+}
+
+func hostConn(localAddr, remoteAddr, key, peerPub, start string) string {
+	return fmt.Sprintf(`
+[[conn]]
+name = "peer"
+version = 2
+local_addrs = [%[1]q]
+remote_addrs = [%[2]q]
+proposals = ["aes128-sha256-ecp256"]
+  [conn.local]
+  auth = "pubkey"
+  id = %[1]q
+  key_file = %[3]q
+  [conn.remote]
+  auth = "pubkey"
+  id = %[2]q
+  pubkeys = [%[4]q]
+  [[conn.child]]
+  name = "host"
+  mode = "tunnel"
+  local_ts = ["%[1]s/32"]
+  remote_ts = ["%[2]s/32"]
+  esp_proposals = ["aes128-sha256"]
+  start_action = %[5]q
+`, localAddr, remoteAddr, key, peerPub, start)
+}
+
+// TestHostToHostObolConn: obold's own conns (raw Ed25519 keys, host-to-host)
+// establish a tunnel charon-to-charon, traffic crosses it encrypted, obolctl
+// shows obold as the owner on both sides, and stopping obold removes its SA,
+// conn and key while a swanctl conn on the same charon stays.
+func TestHostToHostObolConn(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	aKey, aPub := genKey(t, ha, "hosta")
+	bKey, bPub := genKey(t, hb, "hostb")
+	// Each side gets the other's public key, as an operator would copy it.
+	aPubAtB := copyFile(t, ha, aPub, hb, "hosta.pub.pem")
+	bPubAtA := copyFile(t, hb, bPub, ha, "hostb.pub.pem")
+
+	// A swanctl conn on hosta that obold must leave alone.
+	rw := `connections {
+  rw {
+    remote_addrs = 192.0.2.99
+    local {
+      auth = psk
+    }
+    remote {
+      auth = psk
+    }
+    children {
+      rw {
+        remote_ts = 10.99.0.0/16
+      }
+    }
+  }
+}
+`
+	loadSwanctl(t, ha, rw)
+
+	ob := startObold(t, hb, hostConn("192.0.2.12", "192.0.2.11", bKey, aPubAtB, "none"))
+	clear := wire(t, l, "icmp and host 192.0.2.11 and host 192.0.2.12")
+	esp := wire(t, l, "udp port 4500 and host 192.0.2.11 and host 192.0.2.12")
+	oa := startObold(t, ha, hostConn("192.0.2.11", "192.0.2.12", aKey, bPubAtA, "start"))
+
+	// start_action = "start": charon initiates when obold loads the conn.
+	var sa *control.SA
+	deadline := time.Now().Add(10 * time.Second)
+	for sa == nil || len(sa.Children) == 0 || sa.Children[0].State != "INSTALLED" {
+		if time.Now().After(deadline) {
+			t.Fatalf("obol-peer did not come up on hosta: %+v", oa.sas())
+		}
+		time.Sleep(50 * time.Millisecond)
+		sa = findSA(oa.sas(), "obol-peer")
+	}
+	pingOK(t, ha, "192.0.2.12")
+	tcpTransfer(t, hb, ha, "192.0.2.11", 5002)
+	if lines := stopCapture(t, clear); len(lines) > 0 {
+		t.Fatalf("%d clear ICMP packets between the hosts:\n%s", len(lines), strings.Join(lines[:min(5, len(lines))], "\n"))
+	}
+	if lines := stopCapture(t, esp); len(lines) < 10 {
+		t.Fatalf("only %d ESP-in-UDP packets: traffic did not cross the tunnel", len(lines))
+	}
+
+	for _, side := range []struct {
+		o             *obold
+		local, remote string
+	}{{oa, "192.0.2.11", "192.0.2.12"}, {ob, "192.0.2.12", "192.0.2.11"}} {
+		sa := findSA(side.o.sas(), "obol-peer")
+		if sa == nil {
+			t.Fatalf("%s: no obol-peer SA", side.o.node.Name)
+		}
+		if sa.Owner != "obold" || sa.LocalID != side.local || sa.RemoteID != side.remote || sa.State != "ESTABLISHED" {
+			t.Errorf("%s: SA = owner %s ids %s/%s state %s", side.o.node.Name, sa.Owner, sa.LocalID, sa.RemoteID, sa.State)
+		}
+		if sa.EncrAlg != "AES_CBC" || sa.EncrKeySize != 128 || sa.DHGroup != "ECP_256" {
+			t.Errorf("%s: IKE algorithms %s-%d %s", side.o.node.Name, sa.EncrAlg, sa.EncrKeySize, sa.DHGroup)
+		}
+		ch := sa.Children[0]
+		if ch.Name != "host" || !ch.Encap || ch.PacketsIn == 0 || ch.LocalTS[0] != side.local+"/32" {
+			t.Errorf("%s: child %+v", side.o.node.Name, ch)
+		}
+	}
+	if sa := findSA(oa.sas(), "obol-peer"); sa.Initiator != true {
+		t.Error("hosta should be the initiator (start_action = start)")
+	}
+
+	// obold stops: its SA, conn and key go; swanctl's rw stays.
+	oa.stop()
+	out := swanctl(t, ha, "--list-sas")
+	if strings.Contains(out, "obol-peer") {
+		t.Errorf("obol-peer SA left after obold stopped:\n%s", out)
+	}
+	conns := swanctl(t, ha, "--list-conns")
+	if strings.Contains(conns, "obol-peer") || !strings.Contains(conns, "rw:") {
+		t.Errorf("conns after obold stopped:\n%s", conns)
+	}
+	// The peer's obold saw the tunnel go down.
+	deadline = time.Now().Add(5 * time.Second)
+	for !hasEvent(ob.events(), "ike-updown", false, "obol-peer") {
+		if time.Now().After(deadline) {
+			t.Fatalf("hostb's obold did not see the delete: %+v", ob.events())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ob.stop()
+}
+
+func copyFile(t *testing.T, from *lab.Node, path string, to *lab.Node, name string) string {
+	t.Helper()
+	b := run(t, from, "cat", path)
+	p, err := to.WriteFile(name, []byte(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
