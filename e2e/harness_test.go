@@ -56,6 +56,8 @@ func startLab(t *testing.T, opts lab.Options) *lab.Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// OBOL_KEEP_LAB=1 keeps configs and logs of a failed run for reading.
+	opts.KeepDir = opts.KeepDir || os.Getenv("OBOL_KEEP_LAB") != ""
 	l, err := lab.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("start lab: %v", err)

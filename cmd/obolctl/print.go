@@ -68,31 +68,29 @@ func printSAs(w io.Writer, sas []control.SA) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IKE_SA\tOWNER\tSTATE\tLOCAL\tREMOTE\tALGORITHMS\tAGE")
+	fmt.Fprintln(tw, "SA\tOWNER\tSTATE\tLOCAL\tREMOTE\tALGORITHMS\tAGE\tTRAFFIC IN/OUT\tMODE")
 	for _, sa := range sas {
-		fmt.Fprintf(tw, "%s #%d\t%s\t%s\t%s\t%s\t%s\t%s\n", sa.Name, sa.UniqueID, sa.Owner, sa.State,
+		fmt.Fprintf(tw, "%s #%d\t%s\t%s\t%s\t%s\t%s\t%s\t\tIKEv%d\n", sa.Name, sa.UniqueID, sa.Owner, sa.State,
 			endpoint(sa.LocalHost.String(), sa.LocalID), endpoint(sa.RemoteHost.String(), sa.RemoteID),
-			algs(sa.EncrAlg, sa.EncrKeySize, sa.IntegAlg, sa.PRFAlg, sa.DHGroup), sa.Established.Round(time.Second))
+			algs(sa.EncrAlg, sa.EncrKeySize, sa.IntegAlg, sa.PRFAlg, sa.DHGroup), sa.Established.Round(time.Second), sa.Version)
 		for _, ch := range sa.Children {
-			flags := []string{ch.Mode, ch.Protocol}
+			mode := []string{ch.Mode, ch.Protocol}
 			if ch.Encap {
-				flags = append(flags, "UDP-encap")
+				mode = append(mode, "UDP-encap")
 			}
 			if ch.ESN {
-				flags = append(flags, "ESN")
+				mode = append(mode, "ESN")
 			}
 			if ch.CPIIn != "" {
-				flags = append(flags, "IPComp")
+				mode = append(mode, "IPComp")
 			}
-			label := ""
 			if ch.Label != "" {
-				label = " label=" + ch.Label
+				mode = append(mode, "label="+ch.Label)
 			}
-			fmt.Fprintf(tw, "  %s #%d\t\t%s\t%s\t%s\t%s\t%s\n", ch.Name, ch.UniqueID, ch.State,
+			fmt.Fprintf(tw, "  %s #%d\t\t%s\t%s\t%s\t%s\t%s\t%s/%dp %s/%dp\t%s\n", ch.Name, ch.UniqueID, ch.State,
 				strings.Join(ch.LocalTS, ","), strings.Join(ch.RemoteTS, ","),
-				algs(ch.EncrAlg, ch.EncrKeySize, ch.IntegAlg, "", ch.DHGroup), ch.InstallTime.Round(time.Second))
-			fmt.Fprintf(tw, "  \t\t%s\tin %s/%dp\tout %s/%dp\t%s\t\n", strings.Join(flags, " "),
-				byteSize(ch.BytesIn), ch.PacketsIn, byteSize(ch.BytesOut), ch.PacketsOut, strings.TrimSpace(label))
+				algs(ch.EncrAlg, ch.EncrKeySize, ch.IntegAlg, "", ch.DHGroup), ch.InstallTime.Round(time.Second),
+				byteSize(ch.BytesIn), ch.PacketsIn, byteSize(ch.BytesOut), ch.PacketsOut, strings.Join(mode, " "))
 		}
 	}
 	tw.Flush()

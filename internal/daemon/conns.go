@@ -45,6 +45,11 @@ func buildConn(prefix string, c config.Conn) (desiredConn, error) {
 			return d, fmt.Errorf("conn %s: read key_file: %w", c.Name, err)
 		}
 		d.key = &vici.Key{Type: "any", Data: b}
+		pub, err := publicKeyPEM(b)
+		if err != nil {
+			return d, fmt.Errorf("conn %s: key_file %s: %w", c.Name, c.Local.KeyFile, err)
+		}
+		local.Pubkeys = [][]byte{pub}
 	}
 	for _, f := range c.Remote.Pubkeys {
 		b, err := os.ReadFile(f)
@@ -92,7 +97,7 @@ func buildConn(prefix string, c config.Conn) (desiredConn, error) {
 	}
 	d.conn = vc
 	// Pubkeys are not in Conn's JSON form, so they are hashed on their own.
-	d.digest = digestOf(vc, remote.Pubkeys, d.shared, d.key)
+	d.digest = digestOf(vc, local.Pubkeys, remote.Pubkeys, d.shared, d.key)
 	return d, nil
 }
 
