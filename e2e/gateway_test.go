@@ -218,6 +218,17 @@ psk_file = %q
 		t.Errorf("events around the restart: %+v", evs)
 	}
 
+	// A reload with a broken config is refused; obold keeps the running one.
+	oa.writeConfig("[obold]\nreconcile_intervall = \"1s\"\n")
+	oa.allowErrors = append(oa.allowErrors, "reload refused")
+	if err := oa.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, oa, `reload refused: the config has errors`, `obold.toml:9: unknown key \"reconcile_intervall\" in [obold]; did you mean \"reconcile_interval\"?`)
+	if st, err := oa.status(); err != nil || !slices.Equal(st.Obold.OwnedConns, []string{"obol-standby"}) {
+		t.Fatalf("after a refused reload: owned %v, err %v", st.Obold.OwnedConns, err)
+	}
+
 	// obold's conn leaves on reload and on stop; swanctl's SA is untouched.
 	before := findSA(oa.sas(), "gw-gw").UniqueID
 	oa.writeConfig(`[obold]
@@ -280,6 +291,28 @@ func checkGatewaySA(t *testing.T, where string, sa *control.SA, local, remote, l
 	}
 	if ch.PacketsIn == 0 || ch.PacketsOut == 0 || ch.BytesIn == 0 {
 		t.Errorf("%s: counters in %d/%dp out %d/%dp: traffic did not use the CHILD_SA", where, ch.BytesIn, ch.PacketsIn, ch.BytesOut, ch.PacketsOut)
+	}
+}
+
+// waitLog waits until obold's log holds every one of subs.
+func waitLog(t *testing.T, o *obold, subs ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(o.proc.Log)
+		missing := ""
+		for _, s := range subs {
+			if !strings.Contains(string(b), s) {
+				missing = s
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("obold's log on %s lacks %q:\n%s", o.node.Name, missing, b)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -79,7 +82,18 @@ func TestHostToHostObolConn(t *testing.T) {
 `
 	loadSwanctl(t, ha, rw)
 
-	ob := startObold(t, hb, hostConn("192.0.2.12", "192.0.2.11", bKey, aPubAtB, "none"))
+	// hostb's obold lets group nogroup use its control socket.
+	ctlDir, err := os.MkdirTemp("", "obol-ctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(ctlDir) })
+	if err := os.Chmod(ctlDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ob := startOboldWith(t, &obold{node: hb, socket: filepath.Join(ctlDir, "obold.sock"), control: "group = \"nogroup\"\nmode = \"0660\""},
+		hostConn("192.0.2.12", "192.0.2.11", bKey, aPubAtB, "none"))
+	checkControlAccess(t, ob)
 	clear := wire(t, l, "icmp and host 192.0.2.11 and host 192.0.2.12")
 	esp := wire(t, l, "udp port 4500 and host 192.0.2.11 and host 192.0.2.12")
 	oa := startObold(t, ha, hostConn("192.0.2.11", "192.0.2.12", aKey, bPubAtA, "start"))
@@ -145,6 +159,30 @@ func TestHostToHostObolConn(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ob.stop()
+}
+
+// checkControlAccess: root and the configured group get answers, anyone
+// else is refused, by the socket's mode and by obold's own SO_PEERCRED check.
+func checkControlAccess(t *testing.T, o *obold) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	obolctl := filepath.Join(binDir, "obolctl")
+	asUser := func(gid string, extra ...string) ([]byte, error) {
+		argv := append([]string{"setpriv", "--reuid=65534", "--regid=" + gid, "--clear-groups"}, extra...)
+		argv = append(argv, obolctl, "--socket", o.socket, "status")
+		return o.node.Exec(ctx, argv...)
+	}
+	if out, err := asUser("65534"); err != nil || !strings.Contains(string(out), "charon:") {
+		t.Errorf("a member of the control group was refused: %v\n%s", err, out)
+	}
+	if out, err := asUser("1"); err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("a stranger got in (or the refusal does not say why): %v\n%s", err, out)
+	}
+	st, err := os.Stat(o.socket)
+	if err != nil || st.Mode().Perm() != 0o660 {
+		t.Errorf("control socket mode = %v (err %v), want 0660", st.Mode().Perm(), err)
+	}
 }
 
 func copyFile(t *testing.T, from *lab.Node, path string, to *lab.Node, name string) string {
