@@ -114,6 +114,9 @@ func (d *Daemon) handle(ctx context.Context, ev vici.Event) {
 		if wasUp {
 			d.log.Warn("charon went away; obold keeps running and reconnects", "err", ev.Err)
 		}
+	case vici.EventLost:
+		// An EventConnected with a fresh list-sas follows, so state heals.
+		d.log.Warn("obold fell behind charon's events and missed some; resyncing", "dropped", ev.Dropped)
 	case vici.EventIKEUpDown, vici.EventChildUpDown:
 		if ev.SA != nil {
 			d.log.Info("SA "+updown(ev.Up), "event", ev.Kind, "ike", ev.SA.Name, "id", ev.SA.UniqueID, "remote", ev.SA.RemoteID, "owner", d.owner(ev.SA.Name))
