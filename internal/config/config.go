@@ -8,10 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
-
-	"github.com/BurntSushi/toml"
 )
 
 // Config is obold's configuration.
@@ -134,119 +130,19 @@ func Load(path string) (*Config, error) {
 func Parse(path string, data []byte) (*Config, error) {
 	cfg := Defaults()
 	cfg.File = path
-	doc := string(data)
-	md, err := toml.Decode(doc, &cfg)
-	if err != nil {
-		return nil, decodeError(path, err)
+	doc, err := Decode(path, data, &cfg)
+	if doc == nil {
+		return nil, err
 	}
+	errs := []error{err}
 	cfg.resolvePaths()
-	kl := scanKeys(doc)
-	var errs []error
-	seen := map[string]int{}
-	// Every key is checked against the schema here, case-sensitively: the
-	// decoder matches field names case-insensitively, so Undecoded alone
-	// would let "Conn_Prefix" through.
-	for _, k := range md.Keys() {
-		parent := strings.Join(k[:len(k)-1], ".")
-		plain := strings.Join(k, ".")
-		n := seen[plain]
-		seen[plain]++
-		if slices.Contains(known[parent], k[len(k)-1]) {
-			continue
-		}
-		if _, isParentKnown := known[parent]; !isParentKnown && parent != "" {
-			continue // reported at the unknown parent already
-		}
-		line := 0
-		if lines := kl.plain[plain]; n < len(lines) {
-			line = lines[n]
-		}
-		errs = append(errs, &Error{File: path, Line: line, Msg: unknownKeyMsg(k)})
+	for _, p := range cfg.validate() {
+		errs = append(errs, doc.Errorf(p.path, "%s", p.msg))
 	}
-	for _, v := range cfg.validate() {
-		errs = append(errs, &Error{File: path, Line: kl.line(v.path), Msg: v.msg})
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return &cfg, nil
-}
-
-// decodeError turns the decoder's error into FILE:LINE form.
-func decodeError(path string, err error) error {
-	var pe toml.ParseError
-	if errors.As(err, &pe) {
-		msg := pe.Message
-		if pe.LastKey != "" && !strings.Contains(msg, pe.LastKey) {
-			msg = fmt.Sprintf("%s: %s", pe.LastKey, msg)
-		}
-		if strings.Contains(msg, "incompatible types") {
-			msg += "; check the value's type (strings are quoted, lists are [ ... ], durations are strings like \"10s\")"
-		}
-		return &Error{File: path, Line: pe.Position.Line, Msg: msg}
-	}
-	return &Error{File: path, Msg: err.Error()}
-}
-
-// known lists the keys of each table, for "did you mean" hints.
-var known = map[string][]string{
-	"":            {"charon", "obold", "control", "log", "conn"},
-	"charon":      {"vici_socket", "call_timeout"},
-	"obold":       {"conn_prefix", "on_stop", "reconcile_interval"},
-	"control":     {"socket", "mode", "group"},
-	"log":         {"level", "format"},
-	"conn":        {"name", "version", "local_addrs", "remote_addrs", "proposals", "psk_file", "local", "remote", "child", "dpd_delay"},
-	"conn.local":  {"auth", "id", "key_file", "pubkeys"},
-	"conn.remote": {"auth", "id", "key_file", "pubkeys"},
-	"conn.child":  {"name", "mode", "local_ts", "remote_ts", "esp_proposals", "start_action", "inactivity", "label", "label_mode"},
-}
-
-func unknownKeyMsg(k toml.Key) string {
-	parent := strings.Join(k[:len(k)-1], ".")
-	name := k[len(k)-1]
-	keys, ok := known[parent]
-	if !ok {
-		return fmt.Sprintf("unknown key %q; remove it (obold reads no keys under [%s])", strings.Join(k, "."), parent)
-	}
-	where := "at the top level"
-	if parent != "" {
-		where = "in [" + parent + "]"
-	}
-	if s := closest(name, keys); s != "" {
-		return fmt.Sprintf("unknown key %q %s; did you mean %q?", name, where, s)
-	}
-	return fmt.Sprintf("unknown key %q %s; the keys there are %s", name, where, quoteList(keys))
-}
-
-// closest returns the known key within edit distance 2 of s, if any.
-func closest(s string, keys []string) string {
-	best, bestD := "", 3
-	for _, k := range keys {
-		if d := editDistance(s, k); d < bestD {
-			best, bestD = k, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := 1
-			if a[i-1] == b[j-1] {
-				c = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+c)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func (c *Config) resolvePaths() {
