@@ -81,10 +81,12 @@ type obold struct {
 	control string
 	// allowErrors are log lines at ERROR a test provokes on purpose.
 	allowErrors []string
-	node        *lab.Node
-	proc        *lab.Process
-	config      string
-	socket      string
+	// charonDown: start expects charon not to be running yet.
+	charonDown bool
+	node       *lab.Node
+	proc       *lab.Process
+	config     string
+	socket     string
 }
 
 // startObold writes config (with the node's VICI and control sockets filled
@@ -123,6 +125,10 @@ func (o *obold) start() {
 	}
 	o.proc = p
 	o.t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
+	if o.charonDown {
+		o.waitStatus(10*time.Second, func(s control.Status) bool { return !s.Charon.Connected })
+		return
+	}
 	o.waitStatus(10*time.Second, func(s control.Status) bool { return s.Charon.Connected && !s.Obold.LastResync.IsZero() })
 }
 
