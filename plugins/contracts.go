@@ -57,6 +57,23 @@ const (
 type LabelPolicy interface {
 	// Authorize says whether a flow carrying Label may use an SA for Flow.
 	Authorize(ctx context.Context, r LabelRequest) (LabelDecision, error)
+	// Children lists the labeled CHILD_SA configs obold loads for the
+	// policy entry called entry: one per label the entry admits.
+	Children(ctx context.Context, entry string) ([]LabeledChild, error)
+}
+
+// LabeledChild is one labeled CHILD_SA config for charon.
+type LabeledChild struct {
+	// Name is charon-safe and stable across reloads.
+	Name string
+	// Label and LabelMode go to charon's label and label_mode.
+	Label     string
+	LabelMode string
+	// Generic is set when Label is the entry's own context (selinux mode:
+	// charon puts it on trap policies only, never into an SA).
+	Generic bool
+	// LocalTS and RemoteTS are the entry's selector in swanctl syntax.
+	LocalTS, RemoteTS string
 }
 
 // Flow is a traffic selector pair as obol sees it.
@@ -76,6 +93,8 @@ type LabelRequest struct {
 // LabelDecision is the policy's answer; Reason is shown to operators and in
 // the token API's WHY answers.
 type LabelDecision struct {
+	// Entry names the policy entry that decided ("" when none covers the flow).
+	Entry     string
 	Allowed   bool
 	Required  bool   // SAs for this flow must be labeled
 	LabelMode string // what to give charon: "simple" or "selinux"
@@ -108,12 +127,19 @@ type Policy struct {
 	Dir      string // "out", "in", "fwd"
 	Action   string // "allow", "block", "trap"
 	Priority uint32
+	// Mark MATCHES the packet's mark (mask 0xffffffff): a policy with a mark
+	// applies only to packets carrying it; 0 matches every packet. It does
+	// not tell whose policy it is.
 	Mark     uint32
 	Lifetime time.Duration // zero: until removed
+	SrcPort  uint16        // 0: any port; needs Proto (e.g. 17 for IKE bypasses)
+	DstPort  uint16
+	Label    string // security context of a labeled policy; "" for none
 }
 
-// Report is the outcome of Check. Stale entries are obold's own (by mark)
-// but no longer wanted.
+// Report is the outcome of Check. Stale entries are obold's own (by the
+// XFRM module's ownership marker: priority band and index tag) but no
+// longer wanted.
 type Report struct {
 	Missing []Policy
 	Extra   []Policy
