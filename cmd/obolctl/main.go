@@ -27,6 +27,8 @@ Commands:
   conns               every conn loaded in charon, with its owner
   events              the last events obold saw (up/down, rekey, reconnects)
   config check FILE   check an obold config file
+  labels check FILE   which labels may use which entry of FILE's [labels], and why
+  labels request ...  ask obold for an SA for a labeled flow (as a labeled ACQUIRE would)
 
 Run "obolctl COMMAND --help" for a command's flags.
 
@@ -78,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = e.events(rest)
 	case "config":
 		err = e.config(rest)
+	case "labels":
+		err = e.labels(rest)
 	case "help":
 		fs.Usage()
 		return 0

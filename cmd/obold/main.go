@@ -19,6 +19,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/config"
 	"github.com/obol-ipsec/obol/internal/control"
 	"github.com/obol-ipsec/obol/internal/daemon"
+	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
@@ -121,7 +122,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	vopts := vici.Options{Logger: log, CallTimeout: time.Duration(cfg.Charon.CallTimeout)}
 	client := vici.NewClient(cfg.Charon.VICISocket, vopts)
 	defer client.Close()
-	modules := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
+	modules, err := buildModules(cfg)
+	if err != nil {
+		return err
+	}
 	d := daemon.New(cfg, client, modules, log)
 
 	srv := control.NewServer(d.Handlers(), gid, log)
@@ -142,7 +146,12 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 					log.Error("reload refused: the config has errors; keeping the running config", "err", err)
 					continue
 				}
-				if err := d.Reload(ctx, nc); err != nil {
+				nm, err := buildModules(nc)
+				if err != nil {
+					log.Error("reload refused: a module cannot start with the new config; keeping the running config", "err", err)
+					continue
+				}
+				if err := d.Reload(ctx, nc, nm); err != nil {
 					log.Error("reload applied with errors", "err", err)
 				} else {
 					log.Info("reloaded", "config", path)
@@ -159,4 +168,18 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		err = serr
 	}
 	return err
+}
+
+// buildModules makes the built-in modules cfg asks for. obold uses them only
+// through the plugins interfaces.
+func buildModules(cfg *config.Config) (plugins.Modules, error) {
+	m := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
+	if !cfg.Labels.Empty() {
+		lp, err := labels.New(cfg.Labels, nil)
+		if err != nil {
+			return m, fmt.Errorf("label policy: %w", err)
+		}
+		m.Labels = lp
+	}
+	return m, nil
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/obol-ipsec/obol/internal/labels"
 )
 
 // Config is obold's configuration.
@@ -20,6 +22,8 @@ type Config struct {
 	Control Control `toml:"control"`
 	Log     Log     `toml:"log"`
 	Conns   []Conn  `toml:"conn"`
+	// Labels is the label policy module's configuration ([labels]).
+	Labels labels.Config `toml:"labels"`
 }
 
 // Charon says how to reach charon.
@@ -89,6 +93,11 @@ type Child struct {
 	Inactivity   Duration          `toml:"inactivity"`
 	Label        string            `toml:"label"`
 	LabelMode    LabelMode         `toml:"label_mode"`
+	// LabelEntry names a [[labels.entry]]: obold loads one labeled CHILD_SA
+	// per label the entry admits, named ENTRY-l<hash> as `obolctl labels
+	// check` shows, with the entry's selectors unless local_ts/remote_ts are
+	// given. Name is optional then.
+	LabelEntry string `toml:"label_entry"`
 }
 
 // Defaults are what an absent key means.

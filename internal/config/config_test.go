@@ -34,6 +34,16 @@ func TestLoadGood(t *testing.T) {
 	}
 }
 
+func TestLoadLabels(t *testing.T) {
+	cfg, err := Load(filepath.Join("testdata", "labels.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Labels.Mode != "simple" || len(cfg.Labels.Entries) != 1 || cfg.Conns[0].Children[0].LabelEntry != "hosts" {
+		t.Fatalf("labels = %+v, child = %+v", cfg.Labels, cfg.Conns[0].Children[0])
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	cfg, err := Parse("/etc/obol/empty.toml", nil)
 	if err != nil {
@@ -62,6 +72,8 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-prefix.toml", []string{`3: "keep" is not allowed here; write one of "remove", "leave"`}},
 		{"bad-name.toml", []string{`2: "oe.10.2.0.10" is not a usable name`}},
 		{"bad-case.toml", []string{`2: unknown key "Conn_Prefix" in [obold]; did you mean "conn_prefix"?`}},
+		{"bad-label-above.toml", []string{`15: entry "hosts" lists label system_u:system_r:app_t:s5 but refuses it (level above the entry's high)`}},
+		{"bad-label-entry.toml", []string{`25: label_entry takes its labels and label mode from [labels]`}},
 		{"bad-auth.toml", []string{`7: "certificate" is not allowed here; write one of "pubkey", "psk"`}},
 	}
 	for _, tt := range tests {

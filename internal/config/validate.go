@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
 	"regexp"
+
+	"github.com/obol-ipsec/obol/internal/labels"
 )
 
 // problem is a validation error at a resolved key path ("conn[0].local.auth").
@@ -43,14 +46,31 @@ func (c *Config) validate() []problem {
 			bad("control.group", "group %q does not exist on this host; create it or remove the key (root only)", c.Control.Group)
 		}
 	}
+	if !c.Labels.Empty() || c.Labels.Mode != "" {
+		// New checks the host too (mode = "selinux" needs SELinux).
+		if _, err := labels.New(c.Labels, nil); err != nil {
+			var lps labels.Problems
+			if errors.As(err, &lps) {
+				for _, p := range lps {
+					ps = append(ps, problem{p.Path, p.Msg})
+				}
+			} else {
+				ps = append(ps, problem{"labels", err.Error()})
+			}
+		}
+	}
+	entries := map[string]bool{}
+	for _, e := range c.Labels.Entries {
+		entries[e.Name] = true
+	}
 	names := map[Name]int{}
 	for i := range c.Conns {
-		ps = append(ps, c.Conns[i].validate(fmt.Sprintf("conn[%d]", i), names, i)...)
+		ps = append(ps, c.Conns[i].validate(fmt.Sprintf("conn[%d]", i), names, i, entries)...)
 	}
 	return ps
 }
 
-func (cn *Conn) validate(at string, names map[Name]int, idx int) []problem {
+func (cn *Conn) validate(at string, names map[Name]int, idx int, labelEntries map[string]bool) []problem {
 	var ps []problem
 	bad := func(path, format string, args ...any) {
 		ps = append(ps, problem{path, fmt.Sprintf(format, args...)})
@@ -111,15 +131,27 @@ func (cn *Conn) validate(at string, names map[Name]int, idx int) []problem {
 		bad(at, "conn %q has no [[conn.child]]; add one with name, local_ts and remote_ts", cn.Name)
 	}
 	childNames := map[Name]bool{}
+	usedEntries := map[string]bool{}
 	for j, ch := range cn.Children {
 		cp := fmt.Sprintf("%s.child[%d]", at, j)
-		if ch.Name == "" {
+		if ch.LabelEntry != "" {
+			if usedEntries[ch.LabelEntry] {
+				bad(cp+".label_entry", "label entry %q is named by two children of conn %q; name it once", ch.LabelEntry, cn.Name)
+			}
+			usedEntries[ch.LabelEntry] = true
+		}
+		if ch.Name == "" && ch.LabelEntry == "" {
 			bad(cp, "this [[conn.child]] has no name; add name = \"...\"")
-		} else if childNames[ch.Name] {
+		} else if ch.Name != "" && childNames[ch.Name] {
 			bad(cp+".name", "child name %q is used twice in conn %q; give each child its own name", ch.Name, cn.Name)
 		}
 		childNames[ch.Name] = true
-		if ch.LabelMode != "" && ch.Label == "" {
+		switch {
+		case ch.LabelEntry != "" && (ch.Label != "" || ch.LabelMode != ""):
+			bad(cp+".label_entry", "label_entry takes its labels and label mode from [labels]; remove label and label_mode from this child")
+		case ch.LabelEntry != "" && !labelEntries[ch.LabelEntry]:
+			bad(cp+".label_entry", "label_entry %q names no [[labels.entry]]; add that entry or fix the name", ch.LabelEntry)
+		case ch.LabelMode != "" && ch.Label == "":
 			bad(cp+".label_mode", "label_mode without label does nothing; add label = \"...\" or remove label_mode")
 		}
 	}

@@ -87,3 +87,30 @@ type EventRecord struct {
 	ChildID  uint32    `json:"child_id,omitempty"`
 	Message  string    `json:"message,omitempty"`
 }
+
+// MethodLabelsRequest asks for an SA for a labeled flow, the way a kernel
+// ACQUIRE carrying a security context does.
+const MethodLabelsRequest = "labels-request"
+
+// LabelsRequest is a flow and its data label.
+type LabelsRequest struct {
+	Local      string `json:"local"`  // address or CIDR
+	Remote     string `json:"remote"` // address or CIDR
+	Protocol   uint8  `json:"protocol,omitempty"`
+	RemotePort uint16 `json:"remote_port,omitempty"`
+	Label      string `json:"label"`
+}
+
+// LabelsAnswer says what obold decided and did for a LabelsRequest.
+type LabelsAnswer struct {
+	Allowed bool   `json:"allowed"`
+	Entry   string `json:"entry,omitempty"`
+	Reason  string `json:"reason"`
+	// Conn and Child name the CHILD_SA config obold initiated.
+	Conn  string `json:"conn,omitempty"`
+	Child string `json:"child,omitempty"`
+	// Established is true when charon brought the CHILD_SA up (or it was up).
+	Established bool `json:"established"`
+	// Refused says why charon or the peer refused, when they did.
+	Refused string `json:"refused,omitempty"`
+}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
 )
 
@@ -21,8 +23,9 @@ type desiredConn struct {
 }
 
 // buildConn turns a [[conn]] into what obold loads into charon. Files are
-// read here, so a reload picks up a rotated key.
-func buildConn(prefix string, c config.Conn) (desiredConn, error) {
+// read here, so a reload picks up a rotated key. A child naming a label
+// entry becomes one child per label the label policy admits.
+func buildConn(ctx context.Context, prefix string, c config.Conn, lp plugins.LabelPolicy) (desiredConn, error) {
 	name := prefix + string(c.Name)
 	vc := vici.Conn{
 		Name:      name,
@@ -78,6 +81,14 @@ func buildConn(prefix string, c config.Conn) (desiredConn, error) {
 	vc.Local = []vici.Auth{local}
 	vc.Remote = []vici.Auth{remote}
 	for _, ch := range c.Children {
+		if ch.LabelEntry != "" {
+			children, err := labeledChildren(ctx, ch, lp)
+			if err != nil {
+				return d, fmt.Errorf("conn %s: child %s: %w", c.Name, ch.Name, err)
+			}
+			vc.Children = append(vc.Children, children...)
+			continue
+		}
 		child := vici.Child{
 			Name:         string(ch.Name),
 			Mode:         string(ch.Mode),
@@ -87,18 +98,57 @@ func buildConn(prefix string, c config.Conn) (desiredConn, error) {
 			Label:        ch.Label,
 			LabelMode:    string(ch.LabelMode),
 		}
-		for _, ts := range ch.LocalTS {
-			child.LocalTS = append(child.LocalTS, string(ts))
-		}
-		for _, ts := range ch.RemoteTS {
-			child.RemoteTS = append(child.RemoteTS, string(ts))
-		}
+		child.LocalTS = tsStrings(ch.LocalTS)
+		child.RemoteTS = tsStrings(ch.RemoteTS)
 		vc.Children = append(vc.Children, child)
 	}
 	d.conn = vc
 	// Pubkeys are not in Conn's JSON form, so they are hashed on their own.
 	d.digest = digestOf(vc, local.Pubkeys, remote.Pubkeys, d.shared, d.key)
 	return d, nil
+}
+
+// labeledChildren expands a child that names a label entry: one charon
+// child per admitted label, named as the policy names it (the same names
+// obolctl labels check shows).
+func labeledChildren(ctx context.Context, ch config.Child, lp plugins.LabelPolicy) ([]vici.Child, error) {
+	if lp == nil {
+		return nil, fmt.Errorf("label_entry %q needs the label policy module, which is not running", ch.LabelEntry)
+	}
+	lcs, err := lp.Children(ctx, ch.LabelEntry)
+	if err != nil {
+		return nil, err
+	}
+	var out []vici.Child
+	for _, lc := range lcs {
+		child := vici.Child{
+			Name:         lc.Name,
+			Mode:         string(ch.Mode),
+			ESPProposals: ch.ESPProposals,
+			StartAction:  string(ch.StartAction),
+			Inactivity:   time.Duration(ch.Inactivity),
+			Label:        lc.Label,
+			LabelMode:    lc.LabelMode,
+			LocalTS:      []string{lc.LocalTS},
+			RemoteTS:     []string{lc.RemoteTS},
+		}
+		if len(ch.LocalTS) > 0 {
+			child.LocalTS = tsStrings(ch.LocalTS)
+		}
+		if len(ch.RemoteTS) > 0 {
+			child.RemoteTS = tsStrings(ch.RemoteTS)
+		}
+		out = append(out, child)
+	}
+	return out, nil
+}
+
+func tsStrings(ts []config.TrafficSelector) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = string(t)
+	}
+	return out
 }
 
 func digestOf(parts ...any) [32]byte {

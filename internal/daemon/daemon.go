@@ -45,6 +45,7 @@ type Daemon struct {
 // loadedConn is what obold put into charon for one conn, so it can take
 // exactly that out again.
 type loadedConn struct {
+	children []vici.Child
 	digest   [32]byte
 	sharedID string
 	keyID    string
@@ -182,8 +183,11 @@ func (d *Daemon) refreshCharon(ctx context.Context) error {
 		return err
 	}
 	var dp plugins.Datapath
-	if d.modules.XFRM != nil {
-		dp, err = d.modules.XFRM.Datapath(ctx, st.Plugins)
+	d.mu.Lock()
+	xc := d.modules.XFRM
+	d.mu.Unlock()
+	if xc != nil {
+		dp, err = xc.Datapath(ctx, st.Plugins)
 		if err != nil {
 			d.log.Warn("cannot tell charon's datapath", "err", err)
 		}
@@ -222,10 +226,12 @@ func (d *Daemon) owner(name string) string {
 	return "other"
 }
 
-// Reload switches to cfg and brings charon in line with it. Settings that
-// need a restart (sockets, prefix) are kept and reported.
-func (d *Daemon) Reload(ctx context.Context, cfg *config.Config) error {
+// Reload switches to cfg and the modules built for it, and brings charon in
+// line with them. Settings that need a restart (sockets, prefix) are kept
+// and reported.
+func (d *Daemon) Reload(ctx context.Context, cfg *config.Config, modules plugins.Modules) error {
 	d.mu.Lock()
+	d.modules = modules
 	old := d.cfg
 	var keep []string
 	if cfg.Charon.VICISocket != old.Charon.VICISocket {
@@ -255,14 +261,14 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 	d.reconcileMu.Lock()
 	defer d.reconcileMu.Unlock()
 	d.mu.Lock()
-	cfg := d.cfg
+	cfg, lp := d.cfg, d.modules.Labels
 	d.mu.Unlock()
 	prefix := cfg.Obold.ConnPrefix
 
 	var errs []error
 	want := map[string]desiredConn{}
 	for _, c := range cfg.Conns {
-		dc, err := buildConn(prefix, c)
+		dc, err := buildConn(ctx, prefix, c, lp)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -305,7 +311,7 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 
 func (d *Daemon) load(ctx context.Context, dc desiredConn) error {
 	name := dc.conn.Name
-	lc := loadedConn{digest: dc.digest}
+	lc := loadedConn{digest: dc.digest, children: dc.conn.Children}
 	if dc.shared != nil {
 		if err := d.charon.LoadShared(ctx, *dc.shared); err != nil {
 			return fmt.Errorf("conn %s: load its pre-shared key: %w", name, err)
@@ -422,6 +428,13 @@ func (d *Daemon) Handlers() map[string]control.Handler {
 		control.MethodStatus: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Status(ctx), nil },
 		control.MethodSAs:    func(ctx context.Context, _ json.RawMessage) (any, error) { return d.SAs(ctx) },
 		control.MethodConns:  func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Conns(ctx) },
+		control.MethodLabelsRequest: func(ctx context.Context, p json.RawMessage) (any, error) {
+			var r control.LabelsRequest
+			if err := json.Unmarshal(p, &r); err != nil {
+				return nil, &control.Error{Code: control.CodeBadRequest, Message: "labels-request: params must be {\"local\":...,\"remote\":...,\"label\":...}: " + err.Error()}
+			}
+			return d.LabeledFlow(ctx, r)
+		},
 		control.MethodEvents: func(ctx context.Context, p json.RawMessage) (any, error) {
 			var ep control.EventsParams
 			if len(p) > 0 {

@@ -31,6 +31,7 @@ type fakeCharon struct {
 	calls   []string
 	down    bool
 	plugins []string
+	refuse  map[string]string // child -> the notify charon reports
 }
 
 func newFake() *fakeCharon {
@@ -96,6 +97,18 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 	}
 	return out, f.rec("list-sas")
 }
+func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.rec("initiate " + ike + "/" + child); err != nil {
+		return err
+	}
+	if why, ok := f.refuse[child]; ok {
+		return errors.New("vici: initiate " + child + ": CHILD_SA failed: " + why)
+	}
+	return nil
+}
+
 func (f *fakeCharon) Terminate(_ context.Context, sel vici.SASelector) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -234,7 +247,7 @@ func TestReloadAndStop(t *testing.T) {
 
 	// Reload: b removed, a changed.
 	cfg := testConfig(t, strings.Replace(strings.SplitN(twoConns, "[[conn]]\nname = \"b\"", 2)[0], "10.2.0.0/24", "10.3.0.0/24", 1))
-	if err := d.Reload(context.Background(), cfg); err != nil {
+	if err := d.Reload(context.Background(), cfg, plugins.Modules{XFRM: &xfrm.Checker{}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.names(); !slices.Equal(got, []string{"obol-a", "swanctl-site"}) {
