@@ -465,7 +465,7 @@ func (d *Daemon) Status(ctx context.Context) control.Status {
 		s.Obold.Events[k] = v
 	}
 	s.Obold.ConnPrefix = d.cfg.Obold.ConnPrefix
-	s.Obold.OwnedConns = nil
+	s.Obold.OwnedConns = []string{}
 	for name := range d.loaded {
 		s.Obold.OwnedConns = append(s.Obold.OwnedConns, name)
 	}
