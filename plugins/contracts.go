@@ -11,6 +11,7 @@ import (
 type Resolver interface {
 	// Lookup asks DNS about one peer. It never blocks past ctx's deadline.
 	// An empty Gateways with a nil error means "DNS says: no IPsec here".
+	// On error the answer carries what is known (DNSSEC, TTL, Unusable).
 	Lookup(ctx context.Context, q LookupQuery) (LookupAnswer, error)
 }
 
@@ -25,16 +26,30 @@ type LookupAnswer struct {
 	Gateways []Gateway
 	DNSSEC   DNSSECStatus
 	TTL      time.Duration // how long the answer may be cached, negative answers too
+	// Name is the DNS name asked (reverse-map name of Addr, or the FQDN).
+	Name string
+	// Skipped lists records that were not used, each with the reason
+	// (malformed, unsupported algorithm, key lookup failed, ...). Reasons
+	// travel as fields because errors.Is does not survive a plugin RPC.
+	Skipped []string
+	// Unusable, when set, says why the answer must not be used (DNSSEC
+	// bogus, or insecure while DNSSEC is required); Gateways is then empty
+	// and Lookup's error is non-nil.
+	Unusable string
 }
 
 // Gateway is one candidate IPsec gateway for a peer, with all its keys
 // (several during a key rollover).
 type Gateway struct {
+	// Precedence orders gateways, lowest first; 65536 for a peer known only
+	// from KEY records at its own name.
 	Precedence int
 	Addr       netip.Addr // the gateway's address, or invalid when FQDN is set
 	FQDN       string
 	Keys       []PublicKey
-	Source     string // the record it came from: "TXT", "KEY", "IPSECKEY"
+	// Source is the record it came from: "TXT", "KEY", "IPSECKEY", or several
+	// joined with "+" ("IPSECKEY+TXT") when records of different types name it.
+	Source string
 }
 
 // PublicKey is a raw public key as published in DNS.

@@ -69,7 +69,8 @@ type Process struct {
 
 	cmd     *exec.Cmd
 	done    chan struct{}
-	waitErr error // valid after done
+	waitErr error  // valid after done
+	start   string // /proc start time at spawn: tells a reused PID apart
 }
 
 // spawn starts cmd through the lab's spawner and tracks it until it exits.
@@ -83,7 +84,7 @@ func (l *Lab) spawn(cmd *exec.Cmd, node, name, log string) (*Process, error) {
 	if err := l.sp.start(cmd); err != nil {
 		return nil, fmt.Errorf("starting %s on %s: %w", name, node, err)
 	}
-	p := &Process{Name: name, Node: node, PID: cmd.Process.Pid, Log: log, cmd: cmd, done: make(chan struct{})}
+	p := &Process{Name: name, Node: node, PID: cmd.Process.Pid, Log: log, cmd: cmd, done: make(chan struct{}), start: startTime(cmd.Process.Pid)}
 	l.running[p] = struct{}{}
 	go func() {
 		p.waitErr = cmd.Wait()
@@ -188,7 +189,14 @@ func (p *Process) Exited() bool {
 		return true
 	default:
 	}
-	// Not reaped yet, so the PID is still this process.
+	// Between cmd.Wait reaping the process and done closing, /proc/PID is
+	// gone (or, rarely, belongs to a new process): both mean it ended.
+	if f := procStat(p.PID); len(f) == 0 {
+		return true
+	}
+	if p.start != "" && startTime(p.PID) != p.start {
+		return true
+	}
 	return isZombie(p.PID)
 }
 
