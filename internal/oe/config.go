@@ -1,0 +1,129 @@
+package oe
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/obol-ipsec/obol/internal/policy"
+	"github.com/obol-ipsec/obol/resolver"
+)
+
+// Config is [oe] in obold.toml. OE is off while it has no [[oe.group]].
+type Config struct {
+	// Address is this host's IKE address (the gateway's public address).
+	Address string `toml:"address"`
+	// Identity is our IKE identity: "" for Address itself, or "@FQDN" for
+	// hosts without a reverse map (peers then find our key in the FQDN's
+	// forward map).
+	Identity string `toml:"identity"`
+	// KeyFile is our private key (PEM; RSA or Ed25519). Its public half is
+	// what the operator publishes in DNS (obolctl records).
+	KeyFile string `toml:"key_file"`
+	// Protect are the networks this host speaks for as a gateway (its
+	// clients); "" means the host itself only.
+	Protect []string `toml:"protect"`
+	// InitialLifespan is how long a new tunnel lives before its use is
+	// checked (spec: 1 minute); BusyLifespan is the next span when it
+	// carried traffic in the last half (spec: 20 minutes).
+	InitialLifespan Duration `toml:"initial_lifespan"`
+	BusyLifespan    Duration `toml:"busy_lifespan"`
+	// MaxPending caps negotiations in progress; ACQUIREs beyond it get the
+	// group's failure shunt at once.
+	MaxPending int `toml:"max_pending"`
+	// RetryMin and RetryMax bound the per-destination backoff after failures.
+	RetryMin Duration `toml:"retry_min"`
+	RetryMax Duration `toml:"retry_max"`
+	// IKETimeout bounds one IKE negotiation with one gateway.
+	IKETimeout Duration `toml:"ike_timeout"`
+	// DNS configures the resolver module.
+	DNS resolver.Config `toml:"dns"`
+	// Groups are the policy groups.
+	Groups []policy.GroupConfig `toml:"group"`
+}
+
+// Duration is a Go duration written as a string ("1m").
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil || v < 0 {
+		return fmt.Errorf("%q is not a duration; write a string such as \"1m\" or \"30s\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Enabled tells whether OE is configured.
+func (c Config) Enabled() bool { return len(c.Groups) > 0 }
+
+// WithDefaults fills what an operator left out.
+func (c Config) WithDefaults() Config {
+	if c.InitialLifespan == 0 {
+		c.InitialLifespan = Duration(time.Minute)
+	}
+	if c.BusyLifespan == 0 {
+		c.BusyLifespan = Duration(20 * time.Minute)
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 256
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = Duration(2 * time.Second)
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = Duration(2 * time.Minute)
+	}
+	if c.IKETimeout == 0 {
+		c.IKETimeout = Duration(10 * time.Second)
+	}
+	return c
+}
+
+// Problem is a config error at a key path ("oe.group[1].cidrs").
+type Problem = policy.Problem
+
+// Validate returns every problem of an enabled [oe] section.
+func (c Config) Validate() []Problem {
+	if !c.Enabled() {
+		return nil
+	}
+	var ps []Problem
+	if a, err := netip.ParseAddr(c.Address); err != nil || !a.IsValid() {
+		ps = append(ps, Problem{Path: "oe.address", Msg: fmt.Sprintf("address %q is not an IP address; write this host's IKE address, e.g. \"192.0.2.1\"", c.Address)})
+	}
+	if c.Identity != "" && c.Identity[0] != '@' {
+		if _, err := netip.ParseAddr(c.Identity); err != nil {
+			ps = append(ps, Problem{Path: "oe.identity", Msg: fmt.Sprintf("identity %q is neither an address nor @FQDN; leave it out to use the address, or write \"@host.example.org\"", c.Identity)})
+		}
+	}
+	if c.KeyFile == "" {
+		ps = append(ps, Problem{Path: "oe", Msg: "OE needs our private key: add key_file = \"PATH\" (PEM) to [oe]"})
+	}
+	for i, p := range c.Protect {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			ps = append(ps, Problem{Path: "oe.protect", Msg: fmt.Sprintf("protect[%d] %q is not a CIDR; write e.g. \"10.1.0.0/24\"", i, p)})
+		}
+	}
+	if c.MaxPending < 0 {
+		ps = append(ps, Problem{Path: "oe.max_pending", Msg: "max_pending must be positive; write e.g. 256"})
+	}
+	if c.RetryMax != 0 && c.RetryMin > c.RetryMax {
+		ps = append(ps, Problem{Path: "oe.retry_min", Msg: "retry_min is above retry_max; swap them"})
+	}
+	_, gps := policy.New("oe.group", c.Groups)
+	ps = append(ps, gps...)
+	if err := c.DNS.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			key, msg, ok := strings.Cut(strings.TrimPrefix(line, "resolver."), ": ")
+			if !ok {
+				key, msg = "", line
+			}
+			ps = append(ps, Problem{Path: strings.TrimSuffix("oe.dns."+key, "."), Msg: msg})
+		}
+	}
+	return ps
+}

@@ -1,0 +1,747 @@
+// Package oe is obold's opportunistic encryption engine: it turns kernel
+// ACQUIREs into per-peer charon conns with keys found in DNS, answers peers
+// that initiate OE to this host, and keeps the kernel's traps, shunts and
+// per-pair allow policies in step (specs/opportunistic-encryption.txt).
+package oe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/obol-ipsec/obol/internal/policy"
+	"github.com/obol-ipsec/obol/internal/xfrm"
+	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/vici"
+)
+
+// Charon is what the engine asks of charon (*vici.Client satisfies it).
+type Charon interface {
+	LoadConn(ctx context.Context, conn vici.Conn) error
+	UnloadConn(ctx context.Context, name string) error
+	Initiate(ctx context.Context, ike, child string) error
+	Terminate(ctx context.Context, sel vici.SASelector) error
+	ListSAs(ctx context.Context, sel vici.SASelector) ([]vici.IKESA, error)
+}
+
+// Kernel installs obold's XFRM policies (*xfrm.Installer satisfies it).
+type Kernel interface {
+	Install(ctx context.Context, p xfrm.Policy) (xfrm.Policy, error)
+	Remove(ctx context.Context, p xfrm.Policy) error
+	RemoveAll(ctx context.Context) (int, error)
+}
+
+// State of a tunnel.
+type State string
+
+const (
+	StateResolving   State = "resolving"
+	StateNegotiating State = "negotiating"
+	StateUp          State = "up"
+	StateFailed      State = "failed" // a failure shunt stands
+)
+
+// Tunnel is what obold knows of one OE pair.
+type Tunnel struct {
+	Pair      xfrm.Pair
+	Role      string // "initiator" or "responder"
+	State     State
+	Group     policy.Group
+	Conn      string
+	Gateway   string // the peer's IKE address or @FQDN
+	KeySource string // the DNS record the peer's key came from
+	DNSSEC    plugins.DNSSECStatus
+	Reason    string // why it failed, or the shunt in place
+	Since     time.Time
+	// LifespanEnd is when the tunnel's use is next checked.
+	LifespanEnd time.Time
+	// Idle is how long since the last packet (up tunnels).
+	Idle     time.Duration
+	Attempts int
+
+	shunt *xfrm.Policy
+	allow []xfrm.Policy
+}
+
+// Params are the engine's inputs besides its Config.
+type Params struct {
+	Charon   Charon
+	Kernel   Kernel
+	Resolver plugins.Resolver
+	Band     xfrm.Band
+	// Userspace is true when charon's datapath is kernel-libipsec: the
+	// kernel's traps then still hold a pair's traffic once its tunnel is
+	// up, and obold adds per-pair allow policies.
+	Userspace bool
+	// Prefix is obold's conn name prefix; OE conns are Prefix+"oe-...".
+	Prefix string
+	// KeyPEM is our private key, PubPEM its public half.
+	KeyPEM, PubPEM []byte
+	Log            *slog.Logger
+	Now            func() time.Time
+}
+
+// Engine runs OE. All methods are safe for concurrent use.
+type Engine struct {
+	cfg Config
+	p   Params
+	pol *policy.Policy
+	id  string // our IKE identity
+	log *slog.Logger
+
+	mu      sync.Mutex
+	tunnels map[xfrm.Pair]*Tunnel
+	pending int
+	backoff map[netip.Addr]backoff
+	base    []xfrm.Policy // bypasses, traps, blocks
+	wg      sync.WaitGroup
+	ctx     context.Context
+	stopped bool
+}
+
+type backoff struct {
+	until time.Time
+	next  time.Duration
+}
+
+// New checks cfg and makes an engine; Start installs its kernel policies.
+func New(cfg Config, p Params) (*Engine, error) {
+	cfg = cfg.WithDefaults()
+	if ps := cfg.Validate(); len(ps) > 0 {
+		return nil, fmt.Errorf("oe: %s: %s", ps[0].Path, ps[0].Msg)
+	}
+	pol, _ := policy.New("oe.group", cfg.Groups)
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	if p.Band == (xfrm.Band{}) {
+		p.Band = xfrm.DefaultBand
+	}
+	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
+	e.id = cfg.Identity
+	if e.id == "" {
+		e.id = cfg.Address
+	}
+	addr := netip.MustParseAddr(cfg.Address)
+	pol.Exempt(netip.PrefixFrom(addr, addr.BitLen()), "this host's IKE address")
+	if s, err := resolver.ServerAddr(cfg.DNS.Server); err == nil {
+		pol.Exempt(netip.PrefixFrom(s.Addr(), s.Addr().BitLen()), "the DNS resolver")
+	}
+	for _, c := range cfg.Protect {
+		// Traffic between our own clients never leaves through us.
+		pol.Exempt(netip.MustParsePrefix(c), "this gateway's own LAN")
+	}
+	return e, nil
+}
+
+// Policy exposes the compiled policy groups (for obolctl lookup).
+func (e *Engine) Policy() *policy.Policy { return e.pol }
+
+// Start installs the bypasses (IKE, the resolver, our LAN), the traps for
+// groups that initiate OE and the blocks. It runs until ctx ends; Stop
+// undoes everything.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	e.ctx = ctx
+	e.mu.Unlock()
+	var want []xfrm.Policy
+	any4 := netip.MustParsePrefix("0.0.0.0/0")
+	bypass := e.p.Band.Priority(xfrm.RoleBypass, any4, any4)
+	want = append(want, xfrm.IKEBypass(4, bypass)...)
+	if s, err := resolver.ServerAddr(e.cfg.DNS.Server); err == nil {
+		dns := netip.PrefixFrom(s.Addr(), 32)
+		want = append(want,
+			xfrm.Policy{Src: any4, Dst: dns, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass},
+			xfrm.Policy{Src: any4, Dst: dns, Dir: xfrm.DirFwd, Action: xfrm.Allow, Priority: bypass})
+	}
+	for _, c := range e.cfg.Protect {
+		lan := netip.MustParsePrefix(c)
+		want = append(want, xfrm.Policy{Src: any4, Dst: lan, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass})
+	}
+	for _, pr := range e.pol.Prefixes(policy.Private, policy.PrivateOrClear) {
+		want = append(want, xfrm.Policy{Src: any4, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Trap, Priority: e.p.Band.Priority(xfrm.RoleTrap, any4, pr)})
+	}
+	for _, pr := range e.pol.Prefixes(policy.Block) {
+		want = append(want, xfrm.Policy{Src: any4, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Block, Priority: e.p.Band.Priority(xfrm.RoleShunt, any4, pr)})
+	}
+	var installed []xfrm.Policy
+	for _, p := range want {
+		got, err := e.p.Kernel.Install(ctx, p)
+		if err != nil {
+			return fmt.Errorf("oe: install %s %s -> %s: %w", p.Action, p.Src, p.Dst, err)
+		}
+		installed = append(installed, got)
+	}
+	e.mu.Lock()
+	e.base = installed
+	e.mu.Unlock()
+	e.log.Info("OE started", "identity", e.id, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
+	return nil
+}
+
+// ConnName is the conn obold loads for a pair; swanctl names cannot hold dots.
+func (e *Engine) ConnName(role string, p xfrm.Pair) string {
+	dash := func(a netip.Addr) string { return strings.NewReplacer(".", "-", ":", "-").Replace(a.String()) }
+	if role == "responder" {
+		return e.p.Prefix + "oe-r-" + dash(p.Dst)
+	}
+	return e.p.Prefix + "oe-" + dash(p.Src) + "-" + dash(p.Dst)
+}
+
+// HandleAcquire starts OE for the pair the kernel trapped. It never blocks:
+// DNS and IKE run in their own goroutine.
+func (e *Engine) HandleAcquire(a xfrm.Acquire) {
+	pair := a.Pair()
+	now := e.p.Now()
+	dec := e.pol.Decide(pair.Dst)
+	e.mu.Lock()
+	if e.stopped || e.ctx == nil {
+		e.mu.Unlock()
+		return
+	}
+	if _, busy := e.tunnels[pair]; busy {
+		e.mu.Unlock()
+		return // one ACQUIRE per pair: ports of the first packet do not matter
+	}
+	if !dec.Group.Initiates() {
+		e.mu.Unlock()
+		e.log.Debug("ACQUIRE outside OE groups ignored", "pair", pair, "group", dec.Group, "exempt", dec.Exempt)
+		return
+	}
+	t := &Tunnel{Pair: pair, Role: "initiator", State: StateResolving, Group: dec.Group, Conn: e.ConnName("initiator", pair), Since: now}
+	e.tunnels[pair] = t
+	if b, ok := e.backoff[pair.Dst]; ok && now.Before(b.until) {
+		e.mu.Unlock()
+		e.fail(t, dec, fmt.Sprintf("backing off after a failure until %s", b.until.Format(time.TimeOnly)), false)
+		return
+	}
+	if e.pending >= e.cfg.MaxPending {
+		e.mu.Unlock()
+		e.fail(t, dec, fmt.Sprintf("too many negotiations in progress (max_pending = %d)", e.cfg.MaxPending), false)
+		return
+	}
+	e.pending++
+	ctx := e.ctx
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			e.pending--
+			e.mu.Unlock()
+		}()
+		e.initiate(ctx, t, dec)
+	}()
+}
+
+func (e *Engine) setState(t *Tunnel, s State, reason string) {
+	e.mu.Lock()
+	t.State, t.Reason = s, reason
+	e.mu.Unlock()
+}
+
+// initiate resolves the peer and tries its gateways in order.
+func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
+	pair := t.Pair
+	if dec.NegotiationShunt == policy.Pass {
+		e.installShunt(ctx, t, xfrm.Allow, 0)
+	}
+	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: pair.Dst})
+	e.mu.Lock()
+	t.DNSSEC = ans.DNSSEC
+	e.mu.Unlock()
+	if err != nil {
+		reason := "DNS: " + err.Error()
+		if ans.Unusable != "" {
+			reason = "DNS answer unusable: " + ans.Unusable
+		}
+		e.fail(t, dec, reason, true)
+		return
+	}
+	if len(ans.Gateways) == 0 {
+		e.fail(t, dec, "no OE records for "+pair.Dst.String()+" in DNS ("+ans.Name+")", true)
+		return
+	}
+	e.setState(t, StateNegotiating, "")
+	var reasons []string
+	for _, gw := range ans.Gateways {
+		if !gw.Addr.IsValid() {
+			reasons = append(reasons, "gateway "+gw.FQDN+": has no address (FQDN gateways are not resolved yet)")
+			continue
+		}
+		e.mu.Lock()
+		t.Attempts++
+		t.Gateway, t.KeySource = gw.Addr.String(), gw.Source
+		e.mu.Unlock()
+		conn, err := e.peerConn(t.Conn, gw, pair)
+		if err == nil {
+			err = e.p.Charon.LoadConn(ctx, conn)
+		}
+		if err == nil {
+			ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
+			err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
+			cancel()
+		}
+		if err == nil {
+			e.up(ctx, t)
+			return
+		}
+		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
+		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
+	}
+	e.fail(t, dec, strings.Join(reasons, "; "), true)
+}
+
+// peerConn is the per-peer conn: our key and identity, the gateway's DNS
+// keys bound to its address, the host pair as traffic selectors.
+func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici.Conn, error) {
+	remote := vici.Auth{Auth: "pubkey", ID: gw.Addr.String()}
+	for _, k := range gw.Keys {
+		pem, err := resolver.PEM(k)
+		if err != nil {
+			return vici.Conn{}, fmt.Errorf("key from DNS: %w", err)
+		}
+		remote.Pubkeys = append(remote.Pubkeys, pem)
+	}
+	if len(remote.Pubkeys) == 0 {
+		return vici.Conn{}, errors.New("DNS names the gateway but gives no key for it")
+	}
+	no := false
+	return vici.Conn{
+		Name:        name,
+		Version:     2,
+		LocalAddrs:  []string{e.cfg.Address},
+		RemoteAddrs: []string{gw.Addr.String()},
+		Mobike:      &no,
+		KeyingTries: 1,
+		Unique:      "replace",
+		Local:       []vici.Auth{{Auth: "pubkey", ID: e.id, Pubkeys: [][]byte{e.p.PubPEM}}},
+		Remote:      []vici.Auth{remote},
+		Children: []vici.Child{{
+			Name:     "oe",
+			Mode:     "tunnel",
+			LocalTS:  []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()},
+			RemoteTS: []string{netip.PrefixFrom(pair.Dst, pair.Dst.BitLen()).String()},
+		}},
+	}, nil
+}
+
+// up: the tunnel carries the pair now. On the userspace datapath the
+// kernel's trap would still hold the pair's packets, so allow them.
+func (e *Engine) up(ctx context.Context, t *Tunnel) {
+	e.removeShunt(ctx, t)
+	var allows []xfrm.Policy
+	if e.p.Userspace {
+		src := netip.PrefixFrom(t.Pair.Src, t.Pair.Src.BitLen())
+		dst := netip.PrefixFrom(t.Pair.Dst, t.Pair.Dst.BitLen())
+		prio := e.p.Band.Priority(xfrm.RolePair, src, dst)
+		for _, p := range []xfrm.Policy{
+			{Src: src, Dst: dst, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: prio},
+			{Src: dst, Dst: src, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: prio},
+		} {
+			got, err := e.p.Kernel.Install(ctx, p)
+			if err != nil {
+				e.log.Error("OE tunnel up but its allow policy failed; its traffic stays trapped", "pair", t.Pair, "err", err)
+				continue
+			}
+			allows = append(allows, got)
+		}
+	}
+	now := e.p.Now()
+	e.mu.Lock()
+	t.State, t.Reason, t.Since = StateUp, "", now
+	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
+	t.allow = append(t.allow, allows...)
+	delete(e.backoff, t.Pair.Dst)
+	e.mu.Unlock()
+	e.log.Info("OE tunnel up", "pair", t.Pair, "role", t.Role, "gateway", t.Gateway, "dnssec", t.DNSSEC)
+}
+
+// fail applies the group's failure shunt for the shunt lifetime; under
+// private it is always a drop, so nothing leaves in clear.
+func (e *Engine) fail(t *Tunnel, dec policy.Decision, reason string, backoffToo bool) {
+	ctx := e.context()
+	action := xfrm.Block
+	if dec.FailureShunt == policy.Pass && dec.Group != policy.Private {
+		action = xfrm.Allow
+	}
+	e.removeShunt(ctx, t)
+	e.installShunt(ctx, t, action, dec.ShuntLifetime)
+	now := e.p.Now()
+	e.mu.Lock()
+	t.State, t.Reason, t.Since = StateFailed, reason, now
+	t.LifespanEnd = now.Add(dec.ShuntLifetime)
+	if backoffToo {
+		b := e.backoff[t.Pair.Dst]
+		if b.next == 0 {
+			b.next = time.Duration(e.cfg.RetryMin)
+		} else {
+			b.next = min(2*b.next, time.Duration(e.cfg.RetryMax))
+		}
+		b.until = now.Add(b.next)
+		e.backoff[t.Pair.Dst] = b
+	}
+	e.mu.Unlock()
+	e.log.Warn("OE failed", "pair", t.Pair, "group", dec.Group, "shunt", action, "for", dec.ShuntLifetime, "reason", reason)
+}
+
+func (e *Engine) context() context.Context {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctx == nil {
+		return context.Background()
+	}
+	return context.WithoutCancel(e.ctx)
+}
+
+func (e *Engine) installShunt(ctx context.Context, t *Tunnel, action xfrm.Action, life time.Duration) {
+	src := netip.PrefixFrom(t.Pair.Src, t.Pair.Src.BitLen())
+	dst := netip.PrefixFrom(t.Pair.Dst, t.Pair.Dst.BitLen())
+	p := xfrm.Policy{Src: src, Dst: dst, Dir: xfrm.DirOut, Action: action, Priority: e.p.Band.Priority(xfrm.RoleShunt, src, dst), Lifetime: life}
+	got, err := e.p.Kernel.Install(ctx, p)
+	if err != nil {
+		e.log.Error("cannot install an OE shunt", "pair", t.Pair, "action", action, "err", err)
+		return
+	}
+	e.mu.Lock()
+	t.shunt = &got
+	e.mu.Unlock()
+}
+
+func (e *Engine) removeShunt(ctx context.Context, t *Tunnel) {
+	e.mu.Lock()
+	s := t.shunt
+	t.shunt = nil
+	e.mu.Unlock()
+	if s != nil {
+		if err := e.p.Kernel.Remove(ctx, *s); err != nil {
+			e.log.Warn("cannot remove an OE shunt", "pair", t.Pair, "err", err)
+		}
+	}
+}
+
+// ShuntExpired is called when the kernel deleted a shunt at the end of its
+// lifetime: the pair's next packet hits the trap and OE is tried again.
+func (e *Engine) ShuntExpired(p xfrm.Policy) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for pair, t := range e.tunnels {
+		if t.shunt != nil && t.shunt.Src == p.Src && t.shunt.Dst == p.Dst && t.State == StateFailed {
+			delete(e.tunnels, pair)
+			e.log.Info("OE failure shunt expired; the next packet tries OE again", "pair", pair)
+		}
+	}
+}
+
+var initiatingRE = regexp.MustCompile(`^(\S+) is initiating an IKE_SA$`)
+
+// HandleEvent follows charon: a stranger initiating IKE (the responder
+// side), tunnels going down, rekeys.
+func (e *Engine) HandleEvent(ev vici.Event) {
+	switch ev.Kind {
+	case vici.EventLog:
+		if ev.Log == nil {
+			return
+		}
+		m := initiatingRE.FindStringSubmatch(ev.Log.Message)
+		if m == nil {
+			return
+		}
+		host, _, _ := strings.Cut(m[1], "[")
+		if a, err := netip.ParseAddr(host); err == nil {
+			e.respond(a)
+		}
+	case vici.EventIKEUpDown, vici.EventChildUpDown:
+		if ev.SA == nil || !strings.HasPrefix(ev.SA.Name, e.p.Prefix+"oe-") {
+			return
+		}
+		if ev.Up {
+			if ev.Kind == vici.EventChildUpDown && strings.HasPrefix(ev.SA.Name, e.p.Prefix+"oe-r-") {
+				e.responderChildUp(ev.SA)
+			}
+			return
+		}
+		e.down(ev.SA.Name)
+	}
+}
+
+// respond prepares for an initiator whose key obold must know before
+// IKE_AUTH arrives: look it up in the initiator's reverse map and load a
+// conn for it. If the lookup loses the race, IKE_AUTH fails and the
+// initiator's obold retries, by then the conn is there.
+func (e *Engine) respond(peer netip.Addr) {
+	dec := e.pol.Decide(peer)
+	pair := xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: peer}
+	e.mu.Lock()
+	if e.stopped || e.ctx == nil || !dec.Group.Responds() {
+		e.mu.Unlock()
+		return
+	}
+	if t, ok := e.tunnels[pair]; ok && t.State != StateFailed {
+		e.mu.Unlock()
+		return
+	}
+	t := &Tunnel{Pair: pair, Role: "responder", State: StateResolving, Group: dec.Group, Conn: e.ConnName("responder", pair), Since: e.p.Now()}
+	e.tunnels[pair] = t
+	ctx := e.ctx
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: peer})
+		var gw *plugins.Gateway
+		for i := range ans.Gateways {
+			if ans.Gateways[i].Addr == peer {
+				gw = &ans.Gateways[i]
+				break
+			}
+		}
+		if err != nil || gw == nil {
+			why := "no key for the initiator in its reverse map"
+			if err != nil {
+				why = err.Error()
+			}
+			e.mu.Lock()
+			t.State, t.Reason, t.DNSSEC = StateFailed, "refused initiator: "+why, ans.DNSSEC
+			e.mu.Unlock()
+			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
+			return
+		}
+		local := []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()}
+		if len(e.cfg.Protect) > 0 {
+			local = append(local, e.cfg.Protect...)
+		}
+		conn, err := e.peerConn(t.Conn, *gw, pair)
+		if err == nil {
+			// The initiator's clients are checked against their reverse
+			// map's delegation once charon narrowed the selectors.
+			conn.Children[0].LocalTS = local
+			conn.Children[0].RemoteTS = []string{"0.0.0.0/0"}
+			err = e.p.Charon.LoadConn(ctx, conn)
+		}
+		e.mu.Lock()
+		t.Gateway, t.KeySource, t.DNSSEC = peer.String(), gw.Source, ans.DNSSEC
+		if err != nil {
+			t.State, t.Reason = StateFailed, "load conn: "+err.Error()
+		} else {
+			t.State = StateNegotiating
+		}
+		e.mu.Unlock()
+	}()
+}
+
+// responderChildUp checks that every client behind the initiator delegates
+// to it (X-IPsec-Server TXT in the client's reverse map naming the
+// initiator), and closes the CHILD_SA otherwise.
+func (e *Engine) responderChildUp(sa *vici.IKESA) {
+	ctx := e.context()
+	for _, ch := range sa.Children {
+		for _, ts := range ch.RemoteTS {
+			pfx, err := netip.ParsePrefix(strings.SplitN(ts, "[", 2)[0])
+			if err != nil || pfx.Addr() == sa.RemoteHost {
+				continue
+			}
+			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost)
+			if !ok {
+				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
+				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
+				e.mu.Lock()
+				if t, ok := e.tunnels[xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: sa.RemoteHost}]; ok {
+					t.Reason = "refused client " + pfx.String() + ": " + why
+				}
+				e.mu.Unlock()
+				return
+			}
+			e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
+		}
+	}
+}
+
+func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr) (bool, string) {
+	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: client})
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, gw := range ans.Gateways {
+		if gw.Addr == gateway {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("%s's reverse map names no gateway %s", client, gateway)
+}
+
+// responderAllow marks the responder's pair up and, on the userspace
+// datapath, allows its traffic past the traps.
+func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client netip.Prefix, ch vici.ChildSA) {
+	pair := xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: peerGW}
+	e.mu.Lock()
+	t, ok := e.tunnels[pair]
+	e.mu.Unlock()
+	if !ok {
+		return
+	}
+	var allows []xfrm.Policy
+	if e.p.Userspace {
+		for _, lts := range ch.LocalTS {
+			lp, err := netip.ParsePrefix(strings.SplitN(lts, "[", 2)[0])
+			if err != nil {
+				continue
+			}
+			prio := e.p.Band.Priority(xfrm.RolePair, lp, client)
+			for _, p := range []xfrm.Policy{
+				{Src: lp, Dst: client, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: prio},
+				{Src: client, Dst: lp, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: prio},
+			} {
+				if got, err := e.p.Kernel.Install(ctx, p); err == nil {
+					allows = append(allows, got)
+				}
+			}
+		}
+	}
+	now := e.p.Now()
+	e.mu.Lock()
+	t.State, t.Since, t.Reason = StateUp, now, ""
+	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
+	t.allow = append(t.allow, allows...)
+	e.mu.Unlock()
+}
+
+// down: a Delete arrived or the tunnel was closed: forget the pair in both
+// directions and unload its conn. A second Delete (crossed) finds nothing.
+func (e *Engine) down(conn string) {
+	ctx := e.context()
+	e.mu.Lock()
+	var gone []*Tunnel
+	for pair, t := range e.tunnels {
+		if t.Conn == conn && t.State == StateUp {
+			delete(e.tunnels, pair)
+			gone = append(gone, t)
+		}
+	}
+	e.mu.Unlock()
+	for _, t := range gone {
+		e.teardown(ctx, t, false)
+	}
+}
+
+// teardown removes a tunnel's kernel policies and conn; terminate sends
+// the Delete first.
+func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
+	if terminate {
+		_ = e.p.Charon.Terminate(ctx, vici.SASelector{IKE: t.Conn})
+	}
+	e.mu.Lock()
+	allows := t.allow
+	t.allow = nil
+	e.mu.Unlock()
+	for _, p := range allows {
+		_ = e.p.Kernel.Remove(ctx, p)
+	}
+	e.removeShunt(ctx, t)
+	if err := e.p.Charon.UnloadConn(ctx, t.Conn); err != nil {
+		e.log.Debug("unload OE conn", "conn", t.Conn, "err", err)
+	}
+	e.log.Info("OE tunnel closed", "pair", t.Pair, "conn", t.Conn)
+}
+
+// Tick checks lifespans: an up tunnel that carried traffic in the last half
+// of its span gets the busy lifespan; an idle one is closed with a Delete.
+func (e *Engine) Tick(ctx context.Context) {
+	now := e.p.Now()
+	e.mu.Lock()
+	var due []*Tunnel
+	for _, t := range e.tunnels {
+		if t.State == StateUp && !now.Before(t.LifespanEnd) {
+			due = append(due, t)
+		}
+	}
+	e.mu.Unlock()
+	for _, t := range due {
+		sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{IKE: t.Conn})
+		if err != nil {
+			continue
+		}
+		idle := idleFor(sas)
+		span := time.Duration(e.cfg.InitialLifespan)
+		if t.LifespanEnd.Sub(t.Since) > span {
+			span = time.Duration(e.cfg.BusyLifespan)
+		}
+		if idle >= 0 && idle < span/2 {
+			e.mu.Lock()
+			t.Since, t.LifespanEnd, t.Idle = now, now.Add(time.Duration(e.cfg.BusyLifespan)), idle
+			e.mu.Unlock()
+			e.log.Debug("OE tunnel busy; lifespan extended", "pair", t.Pair, "idle", idle)
+			continue
+		}
+		e.mu.Lock()
+		delete(e.tunnels, t.Pair)
+		e.mu.Unlock()
+		e.log.Info("OE tunnel idle at the end of its lifespan; closing it", "pair", t.Pair, "idle", idle)
+		e.teardown(ctx, t, true)
+	}
+}
+
+// idleFor is the time since the last packet of any CHILD_SA, -1 if none
+// has carried traffic (use-in/use-out missing).
+func idleFor(sas []vici.IKESA) time.Duration {
+	idle := time.Duration(-1)
+	for _, sa := range sas {
+		for _, ch := range sa.Children {
+			for _, u := range []time.Duration{ch.UseIn, ch.UseOut} {
+				if u >= 0 && (idle < 0 || u < idle) {
+					idle = u
+				}
+			}
+		}
+	}
+	return idle
+}
+
+// Tunnels lists what the engine knows, for obolctl oe list.
+func (e *Engine) Tunnels() []Tunnel {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Tunnel, 0, len(e.tunnels))
+	for _, t := range e.tunnels {
+		c := *t
+		c.shunt, c.allow = nil, nil
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Conn < out[j].Conn })
+	return out
+}
+
+// Stop sends Deletes for every OE tunnel, unloads their conns and removes
+// every kernel policy obold installed.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	e.stopped = true
+	var all []*Tunnel
+	for pair, t := range e.tunnels {
+		all = append(all, t)
+		delete(e.tunnels, pair)
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+	for _, t := range all {
+		e.teardown(ctx, t, t.State == StateUp)
+	}
+	n, err := e.p.Kernel.RemoveAll(ctx)
+	e.log.Info("OE stopped", "tunnels", len(all), "policies removed", n)
+	if err != nil {
+		return fmt.Errorf("oe: remove kernel policies: %w", err)
+	}
+	return nil
+}

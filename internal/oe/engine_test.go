@@ -1,0 +1,405 @@
+package oe
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/obol-ipsec/obol/internal/xfrm"
+	"github.com/obol-ipsec/obol/internal/xfrm/xfrmtest"
+	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/vici"
+)
+
+// fakeCharon records conns and initiations; fail makes Initiate to a
+// remote address fail with the given error.
+type fakeCharon struct {
+	mu         sync.Mutex
+	conns      map[string]vici.Conn
+	initiated  []string
+	terminated []vici.SASelector
+	fail       map[string]error
+	sas        []vici.IKESA
+}
+
+func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.conns[c.Name] = c
+	return nil
+}
+func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.conns, n)
+	return nil
+}
+func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.initiated = append(f.initiated, ike)
+	if err := f.fail[f.conns[ike].RemoteAddrs[0]]; err != nil {
+		return err
+	}
+	return nil
+}
+func (f *fakeCharon) Terminate(_ context.Context, sel vici.SASelector) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.terminated = append(f.terminated, sel)
+	return nil
+}
+func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKESA, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sas, nil
+}
+func (f *fakeCharon) conn(name string) (vici.Conn, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.conns[name]
+	return c, ok
+}
+
+// fakeDNS answers from a map; a missing address has no records.
+type fakeDNS struct {
+	mu      sync.Mutex
+	answers map[netip.Addr]plugins.LookupAnswer
+	errs    map[netip.Addr]error
+	block   chan struct{}
+	queries int
+}
+
+func (r *fakeDNS) Lookup(ctx context.Context, q plugins.LookupQuery) (plugins.LookupAnswer, error) {
+	r.mu.Lock()
+	r.queries++
+	a, err, block := r.answers[q.Addr], r.errs[q.Addr], r.block
+	r.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return a, ctx.Err()
+		}
+	}
+	return a, err
+}
+
+func gateway(t *testing.T, addr string, prec int) plugins.Gateway {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plugins.Gateway{Precedence: prec, Addr: netip.MustParseAddr(addr), Keys: []plugins.PublicKey{{Algorithm: "ed25519", Data: pub}}, Source: "IPSECKEY"}
+}
+
+type rig struct {
+	e   *Engine
+	ch  *fakeCharon
+	spd *xfrmtest.SPD
+	dns *fakeDNS
+	now time.Time
+	mu  sync.Mutex
+}
+
+func (r *rig) clock() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.now
+}
+
+func (r *rig) advance(d time.Duration) {
+	r.mu.Lock()
+	r.now = r.now.Add(d)
+	r.mu.Unlock()
+}
+
+func newRig(t *testing.T, groups string, mutate func(*Config)) *rig {
+	t.Helper()
+	r := &rig{ch: &fakeCharon{conns: map[string]vici.Conn{}, fail: map[string]error{}}, spd: &xfrmtest.SPD{}, dns: &fakeDNS{answers: map[netip.Addr]plugins.LookupAnswer{}, errs: map[netip.Addr]error{}}, now: time.Unix(1_800_000_000, 0)}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	in, err := xfrm.NewInstaller(r.spd, xfrm.DefaultOwner(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Address: "192.0.2.1", KeyFile: "k.pem", Protect: []string{"10.1.0.0/24"}}
+	cfg.DNS = resolver.Defaults()
+	cfg.DNS.Server = "192.0.2.53:53"
+	for _, g := range strings.Split(groups, ";") {
+		name, cidr, _ := strings.Cut(g, "=")
+		cfg.Groups = append(cfg.Groups, groupConfig(name, cidr))
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	e, err := New(cfg, Params{Charon: r.ch, Kernel: in, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: log, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.e = e
+	return r
+}
+
+func (r *rig) tunnel(t *testing.T, src, dst string, want State) Tunnel {
+	t.Helper()
+	pair := xfrm.Pair{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst)}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, tu := range r.e.Tunnels() {
+			if tu.Pair == pair && tu.State == want {
+				return tu
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pair %s never reached %s: %+v", pair, want, r.e.Tunnels())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (r *rig) policies(t *testing.T, action xfrm.Action, src, dst string) []xfrm.Policy {
+	t.Helper()
+	ps, err := r.spd.Policies(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []xfrm.Policy
+	for _, p := range ps {
+		if p.Action == action && p.Src.String() == src && p.Dst.String() == dst {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func acquire(src, dst string, port uint16) xfrm.Acquire {
+	return xfrm.Acquire{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), DstPort: port}
+}
+
+func TestStartInstallsBypassesTrapsBlocks(t *testing.T) {
+	r := newRig(t, "private-or-clear=10.2.0.0/16;block=10.9.0.0/16", nil)
+	if len(r.policies(t, xfrm.Trap, "0.0.0.0/0", "10.2.0.0/16")) != 1 {
+		t.Error("no trap for the private-or-clear group")
+	}
+	if len(r.policies(t, xfrm.Block, "0.0.0.0/0", "10.9.0.0/16")) != 1 {
+		t.Error("no block for the block group")
+	}
+	if len(r.policies(t, xfrm.Allow, "0.0.0.0/0", "192.0.2.53/32")) != 2 {
+		t.Error("the resolver is not bypassed")
+	}
+	ike := 0
+	ps, _ := r.spd.Policies(context.Background())
+	for _, p := range ps {
+		if p.Proto == 17 && (p.DstPort == 500 || p.SrcPort == 4500) {
+			ike++
+		}
+	}
+	if ike < 4 {
+		t.Errorf("IKE bypasses: %d", ike)
+	}
+	if err := r.e.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ps, _ := r.spd.Policies(context.Background()); len(ps) != 0 {
+		t.Errorf("after Stop the kernel still has %d of obold's policies", len(ps))
+	}
+}
+
+func TestInitiatorUp(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	gw := gateway(t, "192.0.2.2", 10)
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+	// Three ACQUIREs for one pair (different first ports): one negotiation.
+	for _, port := range []uint16{0, 80, 443} {
+		r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", port))
+	}
+	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	if tu.Gateway != "192.0.2.2" || tu.DNSSEC != plugins.DNSSECSecure || tu.Attempts != 1 || tu.KeySource != "IPSECKEY" {
+		t.Errorf("tunnel %+v", tu)
+	}
+	c, ok := r.ch.conn("obol-oe-10-1-0-10-10-2-0-10")
+	if !ok {
+		t.Fatalf("conns %v", r.ch.conns)
+	}
+	if c.RemoteAddrs[0] != "192.0.2.2" || c.Remote[0].ID != "192.0.2.2" || len(c.Remote[0].Pubkeys) != 1 || !strings.Contains(string(c.Remote[0].Pubkeys[0]), "PUBLIC KEY") {
+		t.Errorf("remote auth %+v", c.Remote[0])
+	}
+	if c.Local[0].ID != "192.0.2.1" || string(c.Local[0].Pubkeys[0]) != "PUB" || c.Children[0].LocalTS[0] != "10.1.0.10/32" || c.Children[0].RemoteTS[0] != "10.2.0.10/32" || c.Children[0].Mode != "tunnel" {
+		t.Errorf("conn %+v", c)
+	}
+	if len(r.ch.initiated) != 1 {
+		t.Errorf("initiated %v", r.ch.initiated)
+	}
+	// Userspace datapath: both directions allowed past the trap.
+	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 || len(r.policies(t, xfrm.Allow, "10.2.0.10/32", "10.1.0.10/32")) != 1 {
+		t.Error("no per-pair allow policies")
+	}
+	// A Delete from the peer tears down both directions.
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+	if len(r.e.Tunnels()) != 0 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 0 {
+		t.Errorf("after the peer's Delete: %+v", r.e.Tunnels())
+	}
+	if _, ok := r.ch.conn("obol-oe-10-1-0-10-10-2-0-10"); ok {
+		t.Error("conn left loaded")
+	}
+	// A crossed second Delete finds nothing and changes nothing.
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+}
+
+func TestFailoverToNextGateway(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}}
+	r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	if tu.Gateway != "192.0.2.3" || tu.Attempts != 2 {
+		t.Errorf("tunnel %+v", tu)
+	}
+}
+
+func TestFailureShunts(t *testing.T) {
+	tests := []struct {
+		name   string
+		groups string
+		dst    string
+		dns    func(*fakeDNS)
+		action xfrm.Action
+		reason string
+	}{
+		{"private-or-clear without records -> pass", "private-or-clear=10.2.0.0/16", "10.2.0.10", nil, xfrm.Allow, "no OE records"},
+		{"private without records -> drop", "private=10.2.0.0/16", "10.2.0.10", nil, xfrm.Block, "no OE records"},
+		{"private, bogus DNSSEC -> drop", "private=10.2.0.0/16", "10.2.0.10", func(d *fakeDNS) {
+			d.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{DNSSEC: plugins.DNSSECBogus, Unusable: "DNSSEC validation failed (bogus)"}
+			d.errs[netip.MustParseAddr("10.2.0.10")] = errors.New("bogus")
+		}, xfrm.Block, "unusable: DNSSEC validation failed"},
+		{"private, IKE fails -> drop", "private=10.2.0.0/16", "10.2.0.10", func(d *fakeDNS) {}, xfrm.Block, "AUTHENTICATION_FAILED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, tt.groups, nil)
+			if tt.dns != nil {
+				tt.dns(r.dns)
+			}
+			if strings.Contains(tt.name, "IKE fails") {
+				r.dns.answers[netip.MustParseAddr(tt.dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+				r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
+			}
+			r.e.HandleAcquire(acquire("10.1.0.10", tt.dst, 0))
+			tu := r.tunnel(t, "10.1.0.10", tt.dst, StateFailed)
+			if !strings.Contains(tu.Reason, tt.reason) {
+				t.Errorf("reason %q, want %q", tu.Reason, tt.reason)
+			}
+			ps := r.policies(t, tt.action, "10.1.0.10/32", tt.dst+"/32")
+			if len(ps) != 1 || ps[0].Lifetime != 15*time.Minute {
+				t.Fatalf("shunt %v %+v", tt.action, ps)
+			}
+			// The kernel expires the shunt: OE is tried again on the next packet.
+			r.e.ShuntExpired(ps[0])
+			if len(r.e.Tunnels()) != 0 {
+				t.Errorf("after the shunt expired: %+v", r.e.Tunnels())
+			}
+		})
+	}
+}
+
+func TestFloodIsBounded(t *testing.T) {
+	r := newRig(t, "private=10.0.0.0/8", func(c *Config) { c.MaxPending = 16 })
+	r.dns.block = make(chan struct{}) // DNS hangs: every negotiation stays pending
+	for i := 0; i < 1000; i++ {
+		r.e.HandleAcquire(acquire("192.0.2.1", fmt.Sprintf("10.%d.%d.1", 4+i/250, i%250), 0))
+	}
+	r.dns.mu.Lock()
+	q := r.dns.queries
+	r.dns.mu.Unlock()
+	if q > 16 {
+		t.Errorf("%d DNS queries in flight, cap is 16", q)
+	}
+	failed := 0
+	for _, tu := range r.e.Tunnels() {
+		if tu.State == StateFailed {
+			failed++
+		}
+	}
+	states := map[State]int{}
+	for _, tu := range r.e.Tunnels() {
+		states[tu.State]++
+	}
+	t.Logf("states %v", states)
+	if failed < 1000-16 {
+		t.Errorf("%d ACQUIREs got the failure shunt at once, want >= %d", failed, 1000-16)
+	}
+	close(r.dns.block)
+}
+
+func TestResponderLoadsInitiatorKey(t *testing.T) {
+	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
+	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, DNSSEC: plugins.DNSSECSecure}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
+	var c vici.Conn
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ok bool
+		if c, ok = r.ch.conn("obol-oe-r-192-0-2-2"); ok || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if c.Remote[0].ID != "192.0.2.2" || len(c.Remote[0].Pubkeys) != 1 || c.Children[0].LocalTS[1] != "10.1.0.0/24" {
+		t.Fatalf("responder conn %+v", c)
+	}
+	// A client behind the initiator that does not delegate to it is cut off.
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.99", 10)}}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
+		Children: []vici.ChildSA{{UniqueID: 7, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
+	if len(r.ch.terminated) != 1 || r.ch.terminated[0].ChildID != 7 {
+		t.Fatalf("undelegated child not closed: %+v", r.ch.terminated)
+	}
+	// One that delegates is accepted and allowed past the traps.
+	r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
+		Children: []vici.ChildSA{{UniqueID: 8, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.11/32"}}}}})
+	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.11/32")) != 1 {
+		t.Fatalf("delegated child: terminated %+v", r.ch.terminated)
+	}
+}
+
+func TestLifespan(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", func(c *Config) {
+		c.InitialLifespan = Duration(time.Minute)
+		c.BusyLifespan = Duration(20 * time.Minute)
+	})
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	ctx := context.Background()
+	// Busy at the end of the first minute (a packet 10 s ago): 20 more minutes.
+	r.advance(61 * time.Second)
+	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{UseIn: 10 * time.Second, UseOut: -1}}}}
+	r.e.Tick(ctx)
+	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	if tu.LifespanEnd.Sub(r.clock()) != 20*time.Minute {
+		t.Fatalf("busy tunnel's next check in %s", tu.LifespanEnd.Sub(r.clock()))
+	}
+	// Idle for the whole second span: closed with a Delete.
+	r.advance(20*time.Minute + time.Second)
+	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{UseIn: 15 * time.Minute, UseOut: 15 * time.Minute}}}}
+	r.e.Tick(ctx)
+	if len(r.e.Tunnels()) != 0 || len(r.ch.terminated) != 1 || r.ch.terminated[0].IKE != "obol-oe-10-1-0-10-10-2-0-10" {
+		t.Fatalf("idle tunnel: tunnels %+v terminated %+v", r.e.Tunnels(), r.ch.terminated)
+	}
+}
