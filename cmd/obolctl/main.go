@@ -27,6 +27,7 @@ Commands:
   conns               every conn loaded in charon, with its owner
   events              the last events obold saw (up/down, rekey, reconnects)
   config check FILE   check an obold config file
+  oe list             opportunistic pairs: state, gateway, key source, DNSSEC, why
   labels check FILE   which labels may use which entry of FILE's [labels], and why
   labels request ...  ask obold for an SA for a labeled flow (as a labeled ACQUIRE would)
 
@@ -82,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = e.config(rest)
 	case "labels":
 		err = e.labels(rest)
+	case "oe":
+		err = e.oe(rest)
 	case "help":
 		fs.Usage()
 		return 0
@@ -102,6 +105,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 var errUsage = errors.New("usage")
+
+var errHelp = flag.ErrHelp
 
 // flags makes a subcommand's flag set with a help text.
 func (e *env) flags(name, synopsis, help string) *flag.FlagSet {

@@ -22,6 +22,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/resolver"
 	"github.com/obol-ipsec/obol/vici"
 )
 
@@ -127,6 +128,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		return err
 	}
 	d := daemon.New(cfg, client, modules, log)
+	if cfg.OE.Enabled() {
+		k, err := oeKernel(log)
+		if err != nil {
+			return err
+		}
+		defer k.Close()
+		d.UseOEKernel(k)
+	}
 
 	srv := control.NewServer(d.Handlers(), gid, log)
 	srvDone := make(chan error, 1)
@@ -174,6 +183,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 // through the plugins interfaces.
 func buildModules(cfg *config.Config) (plugins.Modules, error) {
 	m := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
+	if cfg.OE.Enabled() {
+		r, err := resolver.New(cfg.OE.DNS, resolver.Options{})
+		if err != nil {
+			return m, fmt.Errorf("resolver: %w", err)
+		}
+		m.Resolver = r
+	}
 	if !cfg.Labels.Empty() {
 		lp, err := labels.New(cfg.Labels, nil)
 		if err != nil {
@@ -182,4 +198,24 @@ func buildModules(cfg *config.Config) (plugins.Modules, error) {
 		m.Labels = lp
 	}
 	return m, nil
+}
+
+// kernelOE joins obold's policy installer and the ACQUIRE listener: the
+// kernel side of OE.
+type kernelOE struct {
+	*xfrm.Installer
+	*xfrm.Listener
+}
+
+func oeKernel(log *slog.Logger) (kernelOE, error) {
+	in, err := xfrm.NewInstaller(xfrm.Netlink{}, xfrm.DefaultOwner(), log)
+	if err != nil {
+		return kernelOE{}, fmt.Errorf("oe: kernel policies: %w; obold needs CAP_NET_ADMIN", err)
+	}
+	owner := xfrm.DefaultOwner()
+	l, err := xfrm.Listen(context.Background(), xfrm.ListenConfig{Owner: &owner, Expiries: true, Log: log})
+	if err != nil {
+		return kernelOE{}, fmt.Errorf("oe: listen for ACQUIREs: %w; obold needs CAP_NET_ADMIN", err)
+	}
+	return kernelOE{in, l}, nil
 }

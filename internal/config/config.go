@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"github.com/obol-ipsec/obol/internal/labels"
+	"github.com/obol-ipsec/obol/internal/oe"
+	"github.com/obol-ipsec/obol/resolver"
 )
 
 // Config is obold's configuration.
@@ -24,6 +26,8 @@ type Config struct {
 	Conns   []Conn  `toml:"conn"`
 	// Labels is the label policy module's configuration ([labels]).
 	Labels labels.Config `toml:"labels"`
+	// OE is opportunistic encryption ([oe]); off without [[oe.group]].
+	OE oe.Config `toml:"oe"`
 }
 
 // Charon says how to reach charon.
@@ -107,6 +111,7 @@ func Defaults() Config {
 		Obold:   Obold{ConnPrefix: "obol-", OnStop: OnStopRemove, ReconcileInterval: Duration(5e9)},
 		Control: Control{Socket: "/run/obol/obold.sock", Mode: 0o600},
 		Log:     Log{Level: "info", Format: "text"},
+		OE:      oe.Config{DNS: resolver.Defaults()},
 	}
 }
 
@@ -165,6 +170,7 @@ func (c *Config) resolvePaths() {
 		}
 		return filepath.Join(dir, p)
 	}
+	c.OE.KeyFile = abs(c.OE.KeyFile)
 	for i := range c.Conns {
 		cn := &c.Conns[i]
 		cn.PSKFile = abs(cn.PSKFile)

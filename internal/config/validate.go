@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/obol-ipsec/obol/internal/labels"
 )
@@ -59,6 +60,14 @@ func (c *Config) validate() []problem {
 			}
 		}
 	}
+	for _, p := range c.OE.Validate() {
+		ps = append(ps, problem{p.Path, p.Msg})
+	}
+	if c.OE.Enabled() && c.OE.KeyFile != "" {
+		if _, err := os.ReadFile(c.OE.KeyFile); err != nil {
+			ps = append(ps, problem{"oe.key_file", fmt.Sprintf("cannot read key_file %q: %v; fix the path (relative paths start at the config's directory) or the file's permissions", c.OE.KeyFile, err)})
+		}
+	}
 	entries := map[string]bool{}
 	for _, e := range c.Labels.Entries {
 		entries[e.Name] = true
@@ -74,6 +83,9 @@ func (cn *Conn) validate(at string, names map[Name]int, idx int, labelEntries ma
 	var ps []problem
 	bad := func(path, format string, args ...any) {
 		ps = append(ps, problem{path, fmt.Sprintf(format, args...)})
+	}
+	if strings.HasPrefix(string(cn.Name), "oe-") {
+		bad(at+".name", "conn names starting with \"oe-\" are kept for obold's OE tunnels; choose another name")
 	}
 	if cn.Name == "" {
 		bad(at, "this [[conn]] has no name; add name = \"...\" (obold loads it as conn_prefix + name)")

@@ -114,3 +114,6 @@ type LabelsAnswer struct {
 	// Refused says why charon or the peer refused, when they did.
 	Refused string `json:"refused,omitempty"`
 }
+
+// MethodOEList lists the OE engine's tunnels ([]oe.Tunnel).
+const MethodOEList = "oe-list"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/obol-ipsec/obol/internal/config"
 	"github.com/obol-ipsec/obol/internal/control"
+	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
 )
@@ -40,6 +41,12 @@ type Daemon struct {
 	state  control.CharonStatus
 	ostate control.OboldStatus
 	events *eventLog
+
+	// OE: the kernel side (set by UseOEKernel), the engine once started,
+	// and Run's context, which the engine lives in.
+	oeKernel OEKernel
+	oe       *oe.Engine
+	runCtx   context.Context
 }
 
 // loadedConn is what obold put into charon for one conn, so it can take
@@ -71,6 +78,7 @@ func New(cfg *config.Config, charon Charon, modules plugins.Modules, log *slog.L
 // (unless on_stop = "leave"). events is the stream from vici.WatchEvents.
 func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
 	d.mu.Lock()
+	d.runCtx = ctx
 	every := time.Duration(d.cfg.Obold.ReconcileInterval)
 	d.mu.Unlock()
 	tick := time.NewTicker(every)
@@ -100,7 +108,11 @@ func (d *Daemon) handle(ctx context.Context, ev vici.Event) {
 	d.events.add(ev)
 	d.mu.Lock()
 	d.ostate.Events[string(ev.Kind)]++
+	eng := d.oe
 	d.mu.Unlock()
+	if eng != nil {
+		eng.HandleEvent(ev)
+	}
 	switch ev.Kind {
 	case vici.EventConnected:
 		d.resync(ctx, ev)
@@ -164,6 +176,10 @@ func (d *Daemon) resync(ctx context.Context, ev vici.Event) {
 	d.reconcileMu.Unlock()
 	if err := d.Reconcile(ctx); err != nil {
 		d.log.Error("loading obold's conns after charon (re)connected failed", "err", err)
+	}
+	if err := d.startOE(ctx); err != nil {
+		d.setError(err)
+		d.log.Error("OE is not running", "err", err)
 	}
 	took := time.Since(start)
 	d.mu.Lock()
@@ -280,7 +296,7 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 		return fmt.Errorf("list charon's conns: %w", err)
 	}
 	for _, name := range names {
-		if _, ok := want[name]; ok || !ownedName(prefix, name) {
+		if _, ok := want[name]; ok || !ownedName(prefix, name) || d.isOEConn(name) {
 			continue
 		}
 		if err := d.unloadOwned(ctx, name); err != nil {
@@ -396,6 +412,18 @@ func (d *Daemon) stop() error {
 	cfg := d.cfg
 	connected := d.state.Connected
 	d.mu.Unlock()
+	d.mu.Lock()
+	eng := d.oe
+	d.mu.Unlock()
+	if eng != nil {
+		// Deletes to OE peers and every kernel policy obold installed go
+		// first, whatever on_stop says: OE state is not adoptable yet.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := eng.Stop(ctx); err != nil {
+			d.log.Error("stopping OE", "err", err)
+		}
+		cancel()
+	}
 	if cfg.Obold.OnStop == config.OnStopLeave {
 		d.log.Info("stopping; leaving obold's conns in charon (on_stop = \"leave\")")
 		return nil
@@ -428,6 +456,7 @@ func (d *Daemon) Handlers() map[string]control.Handler {
 		control.MethodStatus: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Status(ctx), nil },
 		control.MethodSAs:    func(ctx context.Context, _ json.RawMessage) (any, error) { return d.SAs(ctx) },
 		control.MethodConns:  func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Conns(ctx) },
+		control.MethodOEList: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.OETunnels(), nil },
 		control.MethodLabelsRequest: func(ctx context.Context, p json.RawMessage) (any, error) {
 			var r control.LabelsRequest
 			if err := json.Unmarshal(p, &r); err != nil {

@@ -51,21 +51,22 @@ const (
 
 // Tunnel is what obold knows of one OE pair.
 type Tunnel struct {
-	Pair      xfrm.Pair
-	Role      string // "initiator" or "responder"
-	State     State
-	Group     policy.Group
-	Conn      string
-	Gateway   string // the peer's IKE address or @FQDN
-	KeySource string // the DNS record the peer's key came from
-	DNSSEC    plugins.DNSSECStatus
-	Reason    string // why it failed, or the shunt in place
-	Since     time.Time
-	// LifespanEnd is when the tunnel's use is next checked.
-	LifespanEnd time.Time
-	// Idle is how long since the last packet (up tunnels).
-	Idle     time.Duration
-	Attempts int
+	Pair      xfrm.Pair            `json:"pair"`
+	Role      string               `json:"role"` // "initiator" or "responder"
+	State     State                `json:"state"`
+	Group     policy.Group         `json:"group"`
+	Conn      string               `json:"conn"`
+	Gateway   string               `json:"gateway,omitempty"`    // the peer's IKE address
+	KeySource string               `json:"key_source,omitempty"` // the DNS record the peer's key came from
+	DNSSEC    plugins.DNSSECStatus `json:"dnssec,omitempty"`
+	Reason    string               `json:"reason,omitempty"` // why it failed
+	Since     time.Time            `json:"since"`
+	// LifespanEnd is when the tunnel's use is next checked (up), or when
+	// its failure shunt ends (failed).
+	LifespanEnd time.Time `json:"lifespan_end"`
+	// Idle is how long since the last packet, as of the last check.
+	Idle     time.Duration `json:"idle"`
+	Attempts int           `json:"attempts"`
 
 	shunt *xfrm.Policy
 	allow []xfrm.Policy
@@ -190,6 +191,12 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
+// initiateTries and retryPause shape the retry of one gateway (see initiate).
+const (
+	initiateTries = 2
+	retryPause    = 300 * time.Millisecond
+)
+
 // ConnName is the conn obold loads for a pair; swanctl names cannot hold dots.
 func (e *Engine) ConnName(role string, p xfrm.Pair) string {
 	dash := func(a netip.Addr) string { return strings.NewReplacer(".", "-", ":", "-").Replace(a.String()) }
@@ -290,9 +297,27 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		if err == nil {
-			ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
-			err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
-			cancel()
+			// A responder learns our key only when our IKE_SA_INIT reaches
+			// it; if its DNS lookup loses the race with our IKE_AUTH, the
+			// first attempt fails and the second finds the key loaded.
+			for try := 0; try < initiateTries; try++ {
+				if try > 0 {
+					e.mu.Lock()
+					t.Attempts++
+					e.mu.Unlock()
+					select {
+					case <-ctx.Done():
+					case <-time.After(retryPause):
+					}
+				}
+				ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
+				err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
+				cancel()
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+				e.log.Info("OE attempt failed", "pair", pair, "gateway", gw.Addr, "try", try+1, "err", err)
+			}
 		}
 		if err == nil {
 			e.up(ctx, t)
@@ -451,6 +476,8 @@ var initiatingRE = regexp.MustCompile(`^(\S+) is initiating an IKE_SA$`)
 // side), tunnels going down, rekeys.
 func (e *Engine) HandleEvent(ev vici.Event) {
 	switch ev.Kind {
+	case vici.EventConnected:
+		e.resync(ev.SAs)
 	case vici.EventLog:
 		if ev.Log == nil {
 			return
@@ -474,6 +501,28 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			return
 		}
 		e.down(ev.SA.Name)
+	}
+}
+
+// resync drops up tunnels charon no longer has (it restarted): their
+// kernel allows go, and the next packet traps and renegotiates.
+func (e *Engine) resync(sas []vici.IKESA) {
+	have := map[string]bool{}
+	for _, sa := range sas {
+		have[sa.Name] = true
+	}
+	e.mu.Lock()
+	var gone []*Tunnel
+	for pair, t := range e.tunnels {
+		if t.State == StateUp && !have[t.Conn] {
+			delete(e.tunnels, pair)
+			gone = append(gone, t)
+		}
+	}
+	e.mu.Unlock()
+	ctx := e.context()
+	for _, t := range gone {
+		e.teardown(ctx, t, false)
 	}
 }
 
