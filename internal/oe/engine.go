@@ -187,6 +187,9 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	e.base = installed
 	e.mu.Unlock()
+	if err := e.loadAcceptor(ctx); err != nil {
+		return err
+	}
 	e.log.Info("OE started", "identity", e.id, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
 }
@@ -196,6 +199,42 @@ const (
 	initiateTries = 2
 	retryPause    = 300 * time.Millisecond
 )
+
+// acceptorName is the conn that lets charon accept IKE_SA_INIT from OE
+// peers; without one, charon answers NO_PROPOSAL_CHOSEN before it even logs
+// the initiator, and obold never learns whose key to look up.
+func (e *Engine) acceptorName() string { return e.p.Prefix + "oe-accept" }
+
+// noPeerID is an identity no peer can present (.invalid cannot be
+// registered), so the acceptor conn authenticates nobody: IKE_AUTH finds
+// the per-peer conn obold loaded meanwhile, or fails.
+const noPeerID = "@no-peer.obol.invalid"
+
+func (e *Engine) loadAcceptor(ctx context.Context) error {
+	var remotes []string
+	for _, g := range []policy.Group{policy.ClearOrPrivate, policy.PrivateOrClear, policy.Private} {
+		for _, p := range e.pol.Prefixes(g) {
+			remotes = append(remotes, p.String())
+		}
+	}
+	if len(remotes) == 0 {
+		return nil // no group answers OE
+	}
+	no := false
+	err := e.p.Charon.LoadConn(ctx, vici.Conn{
+		Name:        e.acceptorName(),
+		Version:     2,
+		LocalAddrs:  []string{e.cfg.Address},
+		RemoteAddrs: remotes,
+		Mobike:      &no,
+		Local:       []vici.Auth{{Auth: "pubkey", ID: e.id, Pubkeys: [][]byte{e.p.PubPEM}}},
+		Remote:      []vici.Auth{{Auth: "pubkey", ID: noPeerID}},
+	})
+	if err != nil {
+		return fmt.Errorf("oe: load the conn that accepts OE initiators: %w", err)
+	}
+	return nil
+}
 
 // ConnName is the conn obold loads for a pair; swanctl names cannot hold dots.
 func (e *Engine) ConnName(role string, p xfrm.Pair) string {
@@ -787,6 +826,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	for _, t := range all {
 		e.teardown(ctx, t, t.State == StateUp)
 	}
+	_ = e.p.Charon.UnloadConn(ctx, e.acceptorName())
 	n, err := e.p.Kernel.RemoveAll(ctx)
 	e.log.Info("OE stopped", "tunnels", len(all), "policies removed", n)
 	if err != nil {

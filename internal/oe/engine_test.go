@@ -212,11 +212,18 @@ func TestStartInstallsBypassesTrapsBlocks(t *testing.T) {
 	if ike < 4 {
 		t.Errorf("IKE bypasses: %d", ike)
 	}
+	acc, ok := r.ch.conn("obol-oe-accept")
+	if !ok || acc.Remote[0].ID != noPeerID || len(acc.Remote[0].Pubkeys) != 0 || acc.RemoteAddrs[0] != "10.2.0.0/16" {
+		t.Errorf("acceptor conn %+v", acc)
+	}
 	if err := r.e.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if ps, _ := r.spd.Policies(context.Background()); len(ps) != 0 {
 		t.Errorf("after Stop the kernel still has %d of obold's policies", len(ps))
+	}
+	if _, ok := r.ch.conn("obol-oe-accept"); ok {
+		t.Error("acceptor conn left loaded")
 	}
 }
 
