@@ -64,6 +64,19 @@ func oeZones(a, b oeKey) []lab.Zone {
 }
 
 func oeGateway(addr, lan, other string, key oeKey) string {
+	return oeConfig(addr, lan, key, fmt.Sprintf(`
+[[oe.group]]
+group = "private"
+cidrs = [%q]
+shunt_lifetime = "5s"
+[[oe.group]]
+group = "clear-or-private"
+cidrs = ["192.0.2.0/24"]
+`, other))
+}
+
+// oeConfig is [oe] for a gateway with the given policy groups.
+func oeConfig(addr, lan string, key oeKey, groups string) string {
 	return fmt.Sprintf(`
 [oe]
 address = %q
@@ -72,14 +85,7 @@ protect = [%q]
 [oe.dns]
 server = "192.0.2.53:53"
 require_dnssec = true
-[[oe.group]]
-group = "private"
-cidrs = [%q]
-shunt_lifetime = "5s"
-[[oe.group]]
-group = "clear-or-private"
-cidrs = ["192.0.2.0/24"]
-`, addr, key.pemFile, lan, other)
+%s`, addr, key.pemFile, lan, groups)
 }
 
 func (o *obold) oeList() []oe.Tunnel {
