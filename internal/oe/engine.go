@@ -70,6 +70,7 @@ type Tunnel struct {
 
 	shunt *xfrm.Policy
 	allow []xfrm.Policy
+	bytes uint64 // traffic counted at the last lifespan check
 }
 
 // Params are the engine's inputs besides its Config.
@@ -317,19 +318,28 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		return
 	}
 	if len(ans.Gateways) == 0 {
-		e.fail(t, dec, "no OE records for "+pair.Dst.String()+" in DNS ("+ans.Name+")", true)
+		reason := "no OE records for " + pair.Dst.String() + " in DNS (" + ans.Name + ")"
+		if len(ans.Skipped) > 0 {
+			reason += "; records skipped: " + strings.Join(ans.Skipped, "; ")
+		}
+		e.fail(t, dec, reason, true)
 		return
 	}
 	e.setState(t, StateNegotiating, "")
 	var reasons []string
 	for _, gw := range ans.Gateways {
 		if !gw.Addr.IsValid() {
-			reasons = append(reasons, "gateway "+gw.FQDN+": has no address (FQDN gateways are not resolved yet)")
-			continue
+			// An @FQDN named in the destination's own reverse map is the
+			// destination speaking for itself (an end node with an FQDN
+			// identity): IKE goes to the destination's address.
+			if gw.FQDN == "" {
+				continue
+			}
+			gw.Addr = pair.Dst
 		}
 		e.mu.Lock()
 		t.Attempts++
-		t.Gateway, t.KeySource = gw.Addr.String(), gw.Source
+		t.Gateway, t.KeySource = gatewayName(gw), gw.Source
 		e.mu.Unlock()
 		conn, err := e.peerConn(t.Conn, gw, pair)
 		if err == nil {
@@ -371,7 +381,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
 // keys bound to its address, the host pair as traffic selectors.
 func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici.Conn, error) {
-	remote := vici.Auth{Auth: "pubkey", ID: gw.Addr.String()}
+	remote := vici.Auth{Auth: "pubkey", ID: peerID(gw)}
 	for _, k := range gw.Keys {
 		pem, err := resolver.PEM(k)
 		if err != nil {
@@ -400,6 +410,22 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 			RemoteTS: []string{netip.PrefixFrom(pair.Dst, pair.Dst.BitLen()).String()},
 		}},
 	}, nil
+}
+
+// peerID is the IKE identity a gateway must prove: its FQDN when DNS gave
+// one (its key came from the FQDN's forward map), else its address.
+func peerID(gw plugins.Gateway) string {
+	if gw.FQDN != "" {
+		return "@" + strings.TrimSuffix(gw.FQDN, ".")
+	}
+	return gw.Addr.String()
+}
+
+func gatewayName(gw plugins.Gateway) string {
+	if gw.FQDN != "" {
+		return peerID(gw) + " (" + gw.Addr.String() + ")"
+	}
+	return gw.Addr.String()
 }
 
 // up: the tunnel carries the pair now. On the userspace datapath the
@@ -589,10 +615,14 @@ func (e *Engine) respond(peer netip.Addr) {
 	go func() {
 		defer e.wg.Done()
 		ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: peer})
+		// The initiator's own reverse map must name it: by address (IP
+		// identity), or by an @FQDN whose forward map holds its key.
 		var gw *plugins.Gateway
 		for i := range ans.Gateways {
-			if ans.Gateways[i].Addr == peer {
-				gw = &ans.Gateways[i]
+			g := ans.Gateways[i]
+			if g.Addr == peer || (!g.Addr.IsValid() && g.FQDN != "") {
+				g.Addr = peer
+				gw = &g
 				break
 			}
 		}
@@ -620,7 +650,7 @@ func (e *Engine) respond(peer netip.Addr) {
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		e.mu.Lock()
-		t.Gateway, t.KeySource, t.DNSSEC = peer.String(), gw.Source, ans.DNSSEC
+		t.Gateway, t.KeySource, t.DNSSEC = gatewayName(*gw), gw.Source, ans.DNSSEC
 		if err != nil {
 			t.State, t.Reason = StateFailed, "load conn: "+err.Error()
 		} else {
@@ -638,7 +668,12 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 	for _, ch := range sa.Children {
 		for _, ts := range ch.RemoteTS {
 			pfx, err := netip.ParsePrefix(strings.SplitN(ts, "[", 2)[0])
-			if err != nil || pfx.Addr() == sa.RemoteHost {
+			if err != nil {
+				continue
+			}
+			if pfx.Addr() == sa.RemoteHost {
+				// An end node speaking for itself needs no delegation.
+				e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
 				continue
 			}
 			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost)
@@ -761,12 +796,18 @@ func (e *Engine) Tick(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		idle := idleFor(sas)
+		idle, total := idleFor(sas)
 		span := time.Duration(e.cfg.InitialLifespan)
 		if t.LifespanEnd.Sub(t.Since) > span {
 			span = time.Duration(e.cfg.BusyLifespan)
 		}
-		if idle >= 0 && idle < span/2 {
+		e.mu.Lock()
+		grew := total > t.bytes
+		t.bytes = total
+		e.mu.Unlock()
+		// Busy: a packet in the last half of the span; where the datapath
+		// reports no last-use time, traffic counted since the last check.
+		if (idle >= 0 && idle < span/2) || (idle < 0 && grew) {
 			e.mu.Lock()
 			t.Since, t.LifespanEnd, t.Idle = now, now.Add(time.Duration(e.cfg.BusyLifespan)), idle
 			e.mu.Unlock()
@@ -781,12 +822,14 @@ func (e *Engine) Tick(ctx context.Context) {
 	}
 }
 
-// idleFor is the time since the last packet of any CHILD_SA, -1 if none
-// has carried traffic (use-in/use-out missing).
-func idleFor(sas []vici.IKESA) time.Duration {
+// idleFor is the time since the last packet of any CHILD_SA (-1 when
+// charon reports no use time) and the bytes they carried.
+func idleFor(sas []vici.IKESA) (time.Duration, uint64) {
 	idle := time.Duration(-1)
+	var total uint64
 	for _, sa := range sas {
 		for _, ch := range sa.Children {
+			total += ch.BytesIn + ch.BytesOut
 			for _, u := range []time.Duration{ch.UseIn, ch.UseOut} {
 				if u >= 0 && (idle < 0 || u < idle) {
 					idle = u
@@ -794,7 +837,7 @@ func idleFor(sas []vici.IKESA) time.Duration {
 			}
 		}
 	}
-	return idle
+	return idle, total
 }
 
 // Tunnels lists what the engine knows, for obolctl oe list.

@@ -383,6 +383,13 @@ func TestResponderLoadsInitiatorKey(t *testing.T) {
 	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.11/32")) != 1 {
 		t.Fatalf("delegated child: terminated %+v", r.ch.terminated)
 	}
+	// The initiator speaking for itself (host OE) needs no delegation and
+	// is allowed past the traps too.
+	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
+		Children: []vici.ChildSA{{UniqueID: 9, LocalTS: []string{"192.0.2.1/32"}, RemoteTS: []string{"192.0.2.2/32"}}}}})
+	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "192.0.2.1/32", "192.0.2.2/32")) != 1 || len(r.policies(t, xfrm.Allow, "192.0.2.2/32", "192.0.2.1/32")) != 1 {
+		t.Fatalf("host OE responder: terminated %+v", r.ch.terminated)
+	}
 }
 
 func TestLifespan(t *testing.T) {
