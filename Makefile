@@ -58,7 +58,7 @@ e2e: deps build
 # check-clean fails if a test left a namespace or one of our daemons behind.
 check-clean:
 	@left=$$(ip netns list 2>/dev/null | grep -E '^obl[a-z0-9]{5}-' || true); \
-	procs=$$(for p in charon-systemd knotd unbound obold qemu-system-x86; do pgrep -a $$p | grep -v pgrep; done || true); \
+	procs=$$(for p in charon-systemd knotd unbound obold qemu-system-x86; do pgrep -a -x $$p; done || true); \
 	if [ -n "$$left$$procs" ]; then echo "left behind:"; echo "$$left"; echo "$$procs"; exit 1; fi; \
 	echo "clean: no lab namespace, charon, knot, unbound, obold or qemu left"
 
