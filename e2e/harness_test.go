@@ -83,6 +83,8 @@ type obold struct {
 	allowErrors []string
 	// charonDown: start expects charon not to be running yet.
 	charonDown bool
+	// seen counts log lines waitLog already matched.
+	seen map[string]int
 	node       *lab.Node
 	proc       *lab.Process
 	config     string
@@ -100,6 +102,7 @@ func startObold(t *testing.T, n *lab.Node, extra string) *obold {
 func startOboldWith(t *testing.T, o *obold, extra string) *obold {
 	t.Helper()
 	o.t = t
+	o.seen = map[string]int{}
 	o.writeConfig(extra)
 	o.start()
 	return o

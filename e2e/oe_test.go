@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,7 +155,33 @@ func TestGatewayOE(t *testing.T) {
 		t.Fatalf("gwa's OE SA: %+v", sa)
 	}
 
-	// Stopping obold closes the tunnel and leaves no policy of obold's.
+	// obold restarts with the tunnel up (on_stop = "leave"): traffic keeps
+	// flowing, and the new obold adopts the tunnel.
+	oa.writeConfig("[obold]\non_stop = \"leave\"\n" + oeGateway("192.0.2.1", "10.1.0.0/24", "10.2.0.0/24", ka))
+	if err := oa.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, oa, "reloaded")
+	oa.stop()
+	pingOK(t, alice, "10.2.0.10")
+	oa.start()
+	adopted := oa.oeList()
+	if len(adopted) != 1 || adopted[0].State != oe.StateUp || adopted[0].Conn != ta[0].Conn || adopted[0].Pair != ta[0].Pair {
+		t.Fatalf("after the restart: %+v, want %+v adopted", adopted, ta[0])
+	}
+	waitLog(t, oa, "adopted OE tunnels left by an earlier obold")
+	pingOK(t, alice, "10.2.0.10")
+	if sa2 := findSA(oa.sas(), ta[0].Conn); sa2 == nil || sa2.UniqueID != sa.UniqueID {
+		t.Errorf("the IKE_SA changed across the restart: %+v -> %+v", sa.UniqueID, sa2)
+	}
+
+	// Stopping obold (on_stop = "remove" again) closes the tunnel and
+	// leaves no policy of obold's.
+	oa.writeConfig(oeGateway("192.0.2.1", "10.1.0.0/24", "10.2.0.0/24", ka))
+	if err := oa.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, oa, "reloaded")
 	oa.stop()
 	ob.stop()
 	for _, n := range []*lab.Node{gwa, gwb} {

@@ -161,6 +161,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 					continue
 				}
 				if err := d.Reload(ctx, nc, nm); err != nil {
+					if ctx.Err() != nil {
+						log.Info("reload cut short: obold is stopping")
+						continue
+					}
 					log.Error("reload applied with errors", "err", err)
 				} else {
 					log.Info("reloaded", "config", path)

@@ -415,9 +415,10 @@ func (d *Daemon) stop() error {
 	d.mu.Lock()
 	eng := d.oe
 	d.mu.Unlock()
-	if eng != nil {
-		// Deletes to OE peers and every kernel policy obold installed go
-		// first, whatever on_stop says: OE state is not adoptable yet.
+	if eng != nil && cfg.Obold.OnStop == config.OnStopLeave {
+		eng.Leave() // the next obold adopts the tunnels
+	} else if eng != nil {
+		// Deletes to OE peers, then every kernel policy obold installed.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := eng.Stop(ctx); err != nil {
 			d.log.Error("stopping OE", "err", err)
@@ -473,6 +474,7 @@ func (d *Daemon) Handlers() map[string]control.Handler {
 			}
 			return d.events.list(ep), nil
 		},
+		control.MethodOELookup: d.handleOELookup,
 	}
 }
 

@@ -37,6 +37,8 @@ type Kernel interface {
 	Install(ctx context.Context, p xfrm.Policy) (xfrm.Policy, error)
 	Remove(ctx context.Context, p xfrm.Policy) error
 	RemoveAll(ctx context.Context) (int, error)
+	// List returns obold's policies in the kernel (for adopting tunnels).
+	List(ctx context.Context) ([]xfrm.Policy, error)
 }
 
 // State of a tunnel.
@@ -190,6 +192,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Unlock()
 	if err := e.loadAcceptor(ctx); err != nil {
 		return err
+	}
+	if n, err := e.adopt(ctx); err != nil {
+		e.log.Warn("cannot adopt OE tunnels left by an earlier obold", "err", err)
+	} else if n > 0 {
+		e.log.Info("adopted OE tunnels left by an earlier obold", "tunnels", n)
 	}
 	e.log.Info("OE started", "identity", e.id, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
@@ -852,6 +859,71 @@ func (e *Engine) Tunnels() []Tunnel {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Conn < out[j].Conn })
 	return out
+}
+
+// adopt takes over the OE tunnels an earlier obold left up (on_stop =
+// "leave"): their SAs are in charon under obold's OE conn names and their
+// per-pair allow policies are obold's in the kernel.
+func (e *Engine) adopt(ctx context.Context) (int, error) {
+	sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{})
+	if err != nil {
+		return 0, err
+	}
+	pols, err := e.p.Kernel.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	now := e.p.Now()
+	us := netip.MustParseAddr(e.cfg.Address)
+	n := 0
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, sa := range sas {
+		if !strings.HasPrefix(sa.Name, e.p.Prefix+"oe-") || sa.Name == e.acceptorName() {
+			continue
+		}
+		responder := strings.HasPrefix(sa.Name, e.p.Prefix+"oe-r-")
+		for _, ch := range sa.Children {
+			if ch.State != "INSTALLED" || len(ch.LocalTS) == 0 || len(ch.RemoteTS) == 0 {
+				continue
+			}
+			lp, err1 := netip.ParsePrefix(strings.SplitN(ch.LocalTS[0], "[", 2)[0])
+			rp, err2 := netip.ParsePrefix(strings.SplitN(ch.RemoteTS[0], "[", 2)[0])
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			pair, role := xfrm.Pair{Src: lp.Addr(), Dst: rp.Addr()}, "initiator"
+			if responder {
+				pair, role = xfrm.Pair{Src: us, Dst: sa.RemoteHost}, "responder"
+			}
+			if _, dup := e.tunnels[pair]; dup {
+				continue
+			}
+			t := &Tunnel{Pair: pair, Role: role, State: StateUp, Group: e.pol.Decide(pair.Dst).Group, Conn: sa.Name,
+				Gateway: sa.RemoteHost.String(), Since: now, LifespanEnd: now.Add(time.Duration(e.cfg.InitialLifespan))}
+			if sa.RemoteID != sa.RemoteHost.String() {
+				t.Gateway = "@" + sa.RemoteID + " (" + sa.RemoteHost.String() + ")"
+			}
+			for _, p := range pols {
+				if p.Action == xfrm.Allow && ((p.Src == lp && p.Dst == rp) || (p.Src == rp && p.Dst == lp)) {
+					t.allow = append(t.allow, p)
+				}
+			}
+			e.tunnels[pair] = t
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Leave stops the engine but leaves its tunnels, conns and kernel policies
+// in place (on_stop = "leave"), for the next obold to adopt.
+func (e *Engine) Leave() {
+	e.mu.Lock()
+	e.stopped = true
+	e.mu.Unlock()
+	e.wg.Wait()
+	e.log.Info("OE stopped; tunnels and kernel policies left for the next obold (on_stop = \"leave\")")
 }
 
 // Stop sends Deletes for every OE tunnel, unloads their conns and removes

@@ -417,3 +417,43 @@ func TestLifespan(t *testing.T) {
 		t.Fatalf("idle tunnel: tunnels %+v terminated %+v", r.e.Tunnels(), r.ch.terminated)
 	}
 }
+
+func TestAdoptAfterRestart(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	up := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	r.e.Leave()
+	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 {
+		t.Fatal("Leave removed the tunnel's allow policy")
+	}
+	// charon still has the SA; a new engine (a restarted obold) adopts it.
+	r.ch.sas = []vici.IKESA{{Name: up.Conn, RemoteHost: netip.MustParseAddr("192.0.2.2"), RemoteID: "192.0.2.2",
+		Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	in, err := xfrm.NewInstaller(r.spd, xfrm.DefaultOwner(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2, err := New(r.e.cfg, Params{Charon: r.ch, Kernel: in, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: log, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ts := e2.Tunnels()
+	if len(ts) != 1 || ts[0].State != StateUp || ts[0].Conn != up.Conn || ts[0].Gateway != "192.0.2.2" {
+		t.Fatalf("adopted %+v", ts)
+	}
+	// A second ACQUIRE for the pair starts nothing new.
+	e2.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	if n := len(r.ch.initiated); n != 1 {
+		t.Errorf("initiated %d times", n)
+	}
+	// Its Delete cleans up what the first engine installed.
+	e2.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: up.Conn}})
+	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32"))+len(r.policies(t, xfrm.Allow, "10.2.0.10/32", "10.1.0.10/32")) != 0 {
+		t.Error("adopted tunnel's allow policies left after its Delete")
+	}
+}

@@ -206,7 +206,7 @@ func (e *Engine) explainResponder(l Lookup) string {
 		parts = append(parts, fmt.Sprintf("would refuse OE from it as initiator: %s has no KEY or IPSECKEY for the address itself", l.Answer.Name))
 	}
 	if len(others) > 0 {
-		parts = append(parts, "would accept it behind gateway "+strings.Join(others, " or ")+" (its reverse map delegates to them)")
+		parts = append(parts, "would accept it behind gateway "+strings.Join(others, " or ")+" (delegated in its reverse map)")
 	}
 	return strings.Join(parts, "; ")
 }
