@@ -84,11 +84,11 @@ type obold struct {
 	// charonDown: start expects charon not to be running yet.
 	charonDown bool
 	// seen counts log lines waitLog already matched.
-	seen map[string]int
-	node       *lab.Node
-	proc       *lab.Process
-	config     string
-	socket     string
+	seen   map[string]int
+	node   *lab.Node
+	proc   *lab.Process
+	config string
+	socket string
 }
 
 // startObold writes config (with the node's VICI and control sockets filled

@@ -155,6 +155,16 @@ func TestGatewayOE(t *testing.T) {
 		t.Fatalf("gwa's OE SA: %+v", sa)
 	}
 
+	// obolctl xfrm check: the kernel holds exactly what obold wants; a trap
+	// deleted by hand shows as missing (exit status 1).
+	if out, err := oa.ctl("xfrm", "check"); err != nil || !strings.Contains(string(out), "OK: the kernel holds exactly obold's policies") {
+		t.Fatalf("xfrm check with the tunnel up: %v\n%s", err, out)
+	}
+	run(t, gwa, "ip", "xfrm", "policy", "delete", "dir", "out", "src", "0.0.0.0/0", "dst", "10.2.0.0/24")
+	if out, err := oa.ctl("xfrm", "check"); err == nil || !strings.Contains(string(out), "MISSING  trap  0.0.0.0/0 -> 10.2.0.0/24") {
+		t.Fatalf("xfrm check after deleting the trap: err %v\n%s", err, out)
+	}
+
 	// obold restarts with the tunnel up (on_stop = "leave"): traffic keeps
 	// flowing, and the new obold adopts the tunnel.
 	oa.writeConfig("[obold]\non_stop = \"leave\"\n" + oeGateway("192.0.2.1", "10.1.0.0/24", "10.2.0.0/24", ka))
@@ -170,6 +180,9 @@ func TestGatewayOE(t *testing.T) {
 		t.Fatalf("after the restart: %+v, want %+v adopted", adopted, ta[0])
 	}
 	waitLog(t, oa, "adopted OE tunnels left by an earlier obold")
+	if out, err := oa.ctl("xfrm", "check"); err != nil {
+		t.Errorf("xfrm check after the restart (the trap is back): %v\n%s", err, out)
+	}
 	pingOK(t, alice, "10.2.0.10")
 	if sa2 := findSA(oa.sas(), ta[0].Conn); sa2 == nil || sa2.UniqueID != sa.UniqueID {
 		t.Errorf("the IKE_SA changed across the restart: %+v -> %+v", sa.UniqueID, sa2)

@@ -27,7 +27,10 @@ Commands:
   conns               every conn loaded in charon, with its owner
   events              the last events obold saw (up/down, rekey, reconnects)
   config check FILE   check an obold config file
+  xfrm check          obold's kernel policies: missing, extra, stale (exit 1 if any)
   oe list             opportunistic pairs: state, gateway, key source, DNSSEC, why
+  lookup IP           what DNS says about IP and what obold's OE would do with its traffic
+  records             the DNS records to publish for this host's OE key (offline, from the config)
   labels check FILE   which labels may use which entry of FILE's [labels], and why
   labels request ...  ask obold for an SA for a labeled flow (as a labeled ACQUIRE would)
 
@@ -85,6 +88,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = e.labels(rest)
 	case "oe":
 		err = e.oe(rest)
+	case "xfrm":
+		err = e.xfrm(rest)
+	case "lookup":
+		err = e.lookup(rest)
+	case "records":
+		err = e.records(rest)
 	case "help":
 		fs.Usage()
 		return 0
@@ -99,6 +108,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errDrift):
+		return 1
 	}
 	fmt.Fprintln(stderr, "obolctl:", err)
 	return 1

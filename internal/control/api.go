@@ -3,6 +3,7 @@ package control
 import (
 	"time"
 
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
 )
 
@@ -117,3 +118,107 @@ type LabelsAnswer struct {
 
 // MethodOEList lists the OE engine's tunnels ([]oe.Tunnel).
 const MethodOEList = "oe-list"
+
+// MethodOELookup asks what DNS says about an address and what obold's OE
+// would do with traffic to it (params OELookupParams, result OELookup).
+const MethodOELookup = "oe-lookup"
+
+// CodeOEOff is the error code of OE methods when obold runs no OE.
+const CodeOEOff = "oe_off"
+
+// OELookupParams names the address to look up.
+type OELookupParams struct {
+	Addr string `json:"addr"`
+}
+
+// OELookup answers MethodOELookup: the policy decision, the DNS answer and
+// the action that follows from them, in words.
+type OELookup struct {
+	Addr   string         `json:"addr"`
+	Policy OELookupPolicy `json:"policy"`
+	DNS    OELookupDNS    `json:"dns"`
+	// Action is what obold would do with traffic to Addr now, e.g. "would
+	// initiate OE to gateway 192.0.2.2 (IPSECKEY, DNSSEC secure)".
+	Action string `json:"action"`
+	// Details explain Action: shunts while IKE runs and after a failure,
+	// fail-over gateways, a backoff in force.
+	Details []string `json:"details,omitempty"`
+	// Responder is what obold would do if Addr initiated OE to this host.
+	Responder string `json:"responder"`
+	// Tunnels are the OE pairs obold has now with Addr as the peer.
+	Tunnels []OELookupTunnel `json:"tunnels,omitempty"`
+}
+
+// OELookupPolicy is the policy group decision for an address.
+type OELookupPolicy struct {
+	Group string `json:"group"`
+	// CIDR is the most specific [[oe.group]] CIDR that matched; "" when
+	// the address is exempt or no group covers it (clear by default).
+	CIDR             string        `json:"cidr,omitempty"`
+	NegotiationShunt string        `json:"negotiation_shunt"`
+	FailureShunt     string        `json:"failure_shunt"`
+	ShuntLifetime    time.Duration `json:"shunt_lifetime,omitempty"`
+	// Exempt says why OE never applies to the address ("" if it may).
+	Exempt string `json:"exempt,omitempty"`
+}
+
+// OELookupDNS is the resolver's answer for an address.
+type OELookupDNS struct {
+	// Name is the reverse-map name asked.
+	Name      string            `json:"name"`
+	DNSSEC    string            `json:"dnssec,omitempty"`
+	TTL       time.Duration     `json:"ttl"`
+	FromCache bool              `json:"from_cache,omitempty"`
+	Gateways  []OELookupGateway `json:"gateways"`
+	// Skipped lists records not used, each with the reason.
+	Skipped []string `json:"skipped,omitempty"`
+	// Unusable says why the answer must not be used (bogus, or insecure
+	// under require_dnssec).
+	Unusable string `json:"unusable,omitempty"`
+	// Error is set when DNS gave no answer (timeout, SERVFAIL, ...).
+	Error string `json:"error,omitempty"`
+}
+
+// OELookupGateway is one gateway DNS names for the address.
+type OELookupGateway struct {
+	Precedence int    `json:"precedence"`
+	Address    string `json:"address,omitempty"`
+	FQDN       string `json:"fqdn,omitempty"`
+	// Source is the record type(s) it came from: "IPSECKEY", "TXT",
+	// "KEY" or several joined with "+".
+	Source string        `json:"source"`
+	Keys   []OELookupKey `json:"keys"`
+}
+
+// OELookupKey identifies a public key without its bytes.
+type OELookupKey struct {
+	Algorithm string `json:"algorithm"` // "rsa" or "ed25519"
+	Bits      int    `json:"bits,omitempty"`
+	// KeyID is the SHA-1 of the subjectPublicKey (pki --keyid "subjkey").
+	KeyID string `json:"key_id"`
+}
+
+// OELookupTunnel is an OE pair obold has with the looked-up peer.
+type OELookupTunnel struct {
+	Pair    string    `json:"pair"`
+	Role    string    `json:"role"`
+	State   string    `json:"state"`
+	Gateway string    `json:"gateway,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Until   time.Time `json:"until,omitzero"`
+}
+
+// MethodXFRMCheck compares obold's wanted kernel policies with the kernel's.
+const MethodXFRMCheck = "xfrm-check"
+
+// XFRMReport answers MethodXFRMCheck. Missing: wanted, not in the kernel.
+// Extra: in the kernel with a wanted selector but another action, priority
+// or lifetime. Stale: obold's in the kernel, no longer wanted.
+type XFRMReport struct {
+	Datapath string           `json:"datapath"`
+	Wanted   int              `json:"wanted"`
+	OK       bool             `json:"ok"`
+	Missing  []plugins.Policy `json:"missing"`
+	Extra    []plugins.Policy `json:"extra"`
+	Stale    []plugins.Policy `json:"stale"`
+}

@@ -454,10 +454,11 @@ func (d *Daemon) stop() error {
 // Handlers are the control methods obold serves.
 func (d *Daemon) Handlers() map[string]control.Handler {
 	return map[string]control.Handler{
-		control.MethodStatus: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Status(ctx), nil },
-		control.MethodSAs:    func(ctx context.Context, _ json.RawMessage) (any, error) { return d.SAs(ctx) },
-		control.MethodConns:  func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Conns(ctx) },
-		control.MethodOEList: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.OETunnels(), nil },
+		control.MethodStatus:    func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Status(ctx), nil },
+		control.MethodSAs:       func(ctx context.Context, _ json.RawMessage) (any, error) { return d.SAs(ctx) },
+		control.MethodConns:     func(ctx context.Context, _ json.RawMessage) (any, error) { return d.Conns(ctx) },
+		control.MethodOEList:    func(ctx context.Context, _ json.RawMessage) (any, error) { return d.OETunnels(), nil },
+		control.MethodXFRMCheck: func(ctx context.Context, _ json.RawMessage) (any, error) { return d.XFRMCheck(ctx) },
 		control.MethodLabelsRequest: func(ctx context.Context, p json.RawMessage) (any, error) {
 			var r control.LabelsRequest
 			if err := json.Unmarshal(p, &r); err != nil {

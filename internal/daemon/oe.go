@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -70,6 +72,7 @@ func (d *Daemon) startOE(ctx context.Context) error {
 		Charon: d.charon, Kernel: k, Resolver: res,
 		Userspace: datapath == string(plugins.DatapathUserspace),
 		Prefix:    cfg.Obold.ConnPrefix, KeyPEM: keyPEM, PubPEM: pub, Log: d.log.With("module", "oe"),
+		LocalAddrs: localAddrs(),
 	})
 	if err != nil {
 		return err
@@ -118,4 +121,22 @@ func (d *Daemon) OETunnels() []oe.Tunnel {
 		return []oe.Tunnel{}
 	}
 	return eng.Tunnels()
+}
+
+// localAddrs lists the host's own addresses (those of its network
+// namespace), which OE must never trap.
+func localAddrs() []netip.Addr {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }

@@ -89,8 +89,10 @@ type Params struct {
 	Prefix string
 	// KeyPEM is our private key, PubPEM its public half.
 	KeyPEM, PubPEM []byte
-	Log            *slog.Logger
-	Now            func() time.Time
+	// LocalAddrs are this host's own addresses: OE never applies to them.
+	LocalAddrs []netip.Addr
+	Log        *slog.Logger
+	Now        func() time.Time
 }
 
 // Engine runs OE. All methods are safe for concurrent use.
@@ -139,6 +141,9 @@ func New(cfg Config, p Params) (*Engine, error) {
 	}
 	addr := netip.MustParseAddr(cfg.Address)
 	pol.Exempt(netip.PrefixFrom(addr, addr.BitLen()), "this host's IKE address")
+	for _, a := range p.LocalAddrs {
+		pol.Exempt(netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), "one of this host's own addresses")
+	}
 	if s, err := resolver.ServerAddr(cfg.DNS.Server); err == nil {
 		pol.Exempt(netip.PrefixFrom(s.Addr(), s.Addr().BitLen()), "the DNS resolver")
 	}
@@ -845,6 +850,21 @@ func idleFor(sas []vici.IKESA) (time.Duration, uint64) {
 		}
 	}
 	return idle, total
+}
+
+// Wanted lists every kernel policy the engine means to have installed:
+// bypasses, traps and blocks, per-pair allows and standing shunts.
+func (e *Engine) Wanted() []xfrm.Policy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := append([]xfrm.Policy(nil), e.base...)
+	for _, t := range e.tunnels {
+		out = append(out, t.allow...)
+		if t.shunt != nil {
+			out = append(out, *t.shunt)
+		}
+	}
+	return out
 }
 
 // Tunnels lists what the engine knows, for obolctl oe list.

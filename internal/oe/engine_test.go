@@ -142,7 +142,8 @@ func newRig(t *testing.T, groups string, mutate func(*Config)) *rig {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	e, err := New(cfg, Params{Charon: r.ch, Kernel: in, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: log, Now: r.clock})
+	e, err := New(cfg, Params{Charon: r.ch, Kernel: in, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: log, Now: r.clock,
+		LocalAddrs: []netip.Addr{netip.MustParseAddr("10.2.99.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +267,17 @@ func TestInitiatorUp(t *testing.T) {
 	}
 	// A crossed second Delete finds nothing and changes nothing.
 	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+}
+
+func TestOwnAddressesExempt(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.99.1", 0)) // one of the host's own addresses
+	if len(r.e.Tunnels()) != 0 {
+		t.Fatalf("OE tried for the host's own address: %+v", r.e.Tunnels())
+	}
+	if d := r.e.Policy().Decide(netip.MustParseAddr("192.0.2.53")); d.Exempt != "the DNS resolver" {
+		t.Errorf("resolver: %+v", d)
+	}
 }
 
 func TestFailoverToNextGateway(t *testing.T) {

@@ -117,11 +117,17 @@ func (e *Engine) explainInitiator(l *Lookup) {
 		failVerb, failDo = "would send in clear", "sent in clear"
 	}
 	life := dec.ShuntLifetime.String()
+	// As initiate does: an @FQDN without an address is the destination
+	// speaking for itself, reached at its own address.
 	var gws []plugins.Gateway
 	for _, gw := range l.Answer.Gateways {
-		if gw.Addr.IsValid() {
-			gws = append(gws, gw)
+		if !gw.Addr.IsValid() {
+			if gw.FQDN == "" {
+				continue
+			}
+			gw.Addr = l.Addr
 		}
+		gws = append(gws, gw)
 	}
 	var why string
 	switch {
@@ -129,17 +135,14 @@ func (e *Engine) explainInitiator(l *Lookup) {
 		why = fmt.Sprintf("the DNS answer is unusable (%s)", dnssecText(l.Answer.DNSSEC))
 	case l.DNSErr != nil:
 		why = "DNS did not answer"
-	case len(l.Answer.Gateways) == 0:
-		why = "no OE records"
 	case len(gws) == 0:
-		why = "no gateway with an address (FQDN gateways are not resolved yet)"
+		why = "no OE records"
 	}
 	if why != "" {
 		l.Action = fmt.Sprintf("%s: %s and %s", failVerb, dec.Group, why)
 		l.Details = append(l.Details, fmt.Sprintf("%s; for %s (shunt_lifetime) its traffic is %s, then the next packet tries OE again", groupText(dec), life, failDo))
 	} else {
-		gw := gws[0]
-		l.Action = fmt.Sprintf("would initiate OE to gateway %s (%s, %s)", gw.Addr, gw.Source, dnssecText(l.Answer.DNSSEC))
+		l.Action = fmt.Sprintf("would initiate OE to %s (%s, %s)", targetText(gws[0], l.Addr), gws[0].Source, dnssecText(l.Answer.DNSSEC))
 		while := "dropped"
 		if dec.NegotiationShunt == policy.Pass {
 			while = "sent in clear"
@@ -148,9 +151,9 @@ func (e *Engine) explainInitiator(l *Lookup) {
 		if len(gws) > 1 {
 			var next []string
 			for _, g := range gws[1:] {
-				next = append(next, g.Addr.String())
+				next = append(next, targetText(g, l.Addr))
 			}
-			l.Details = append(l.Details, "if IKE with it fails: then gateway "+strings.Join(next, ", then "))
+			l.Details = append(l.Details, "if IKE with it fails: then "+strings.Join(next, ", then "))
 		}
 		l.Details = append(l.Details, fmt.Sprintf("if every gateway fails: its traffic is %s for %s (failure_shunt %s), then OE is tried again", failDo, life, effectiveShunt(dec)))
 	}
@@ -161,6 +164,15 @@ func (e *Engine) explainInitiator(l *Lookup) {
 	if ok && now.Before(b.until) {
 		l.Details = append(l.Details, fmt.Sprintf("backing off after a failure until %s: a new ACQUIRE gets the failure shunt at once, without trying OE", b.until.Format(time.TimeOnly)))
 	}
+}
+
+// targetText names where IKE goes and whom it must authenticate: a
+// gateway, or the destination itself proving an @FQDN identity.
+func targetText(gw plugins.Gateway, dst netip.Addr) string {
+	if gw.FQDN != "" && gw.Addr == dst {
+		return fmt.Sprintf("%s itself, identity @%s", dst, strings.TrimSuffix(gw.FQDN, "."))
+	}
+	return "gateway " + gatewayName(gw)
 }
 
 // effectiveShunt is the failure shunt the engine applies: never pass under
@@ -193,17 +205,23 @@ func (e *Engine) explainResponder(l Lookup) string {
 	var others []string
 	for i, gw := range l.Answer.Gateways {
 		switch {
-		case gw.Addr == l.Addr:
+		case self == nil && (gw.Addr == l.Addr || !gw.Addr.IsValid() && gw.FQDN != ""):
+			// As respond: the initiator's own reverse map names it, by
+			// address or by an @FQDN identity.
 			self = &l.Answer.Gateways[i]
-		case gw.Addr.IsValid():
+		case gw.Addr.IsValid() && gw.Addr != l.Addr:
 			others = append(others, gw.Addr.String())
 		}
 	}
 	var parts []string
 	if self != nil {
-		parts = append(parts, fmt.Sprintf("would answer OE from it, authenticating it with the key from %s (%s)", self.Source, dnssecText(l.Answer.DNSSEC)))
+		as := ""
+		if self.FQDN != "" {
+			as = " as @" + strings.TrimSuffix(self.FQDN, ".")
+		}
+		parts = append(parts, fmt.Sprintf("would answer OE from it%s, authenticating it with the key from %s (%s)", as, self.Source, dnssecText(l.Answer.DNSSEC)))
 	} else {
-		parts = append(parts, fmt.Sprintf("would refuse OE from it as initiator: %s has no KEY or IPSECKEY for the address itself", l.Answer.Name))
+		parts = append(parts, fmt.Sprintf("would refuse OE from it as initiator: %s names no key for the address itself (KEY or IPSECKEY) nor an @FQDN identity", l.Answer.Name))
 	}
 	if len(others) > 0 {
 		parts = append(parts, "would accept it behind gateway "+strings.Join(others, " or ")+" (delegated in its reverse map)")
