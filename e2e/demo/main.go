@@ -42,7 +42,7 @@ func run() (err error) {
 
 	step("building the lab: namespaces, knot + unbound with DNSSEC, charon on gwa and gwb")
 	l, err := lab.Start(ctx, lab.Options{
-		Charon: []string{lab.GWA, lab.GWB},
+		Charon: []string{lab.GWA, lab.GWB, lab.HostA, lab.HostB},
 		Zones: []lab.Zone{{Name: "example.test.", Records: []string{
 			"gwa 300 IN A 192.0.2.1",
 			"gwb 300 IN A 192.0.2.2",
@@ -123,6 +123,85 @@ func run() (err error) {
 			}
 			fmt.Printf("$ obolctl %s\n%s\n", strings.Join(args, " "), out)
 		}
+	}
+	return demoOE(ctx, l, bin)
+}
+
+// demoOE: opportunistic encryption between hosta and hostb from DNS alone.
+func demoOE(ctx context.Context, l *lab.Lab, bin string) error {
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	step("opportunistic encryption: hosta and hostb get keys; obolctl records says what to publish")
+	var records []string
+	sockets := map[*lab.Node]string{}
+	for _, h := range []struct {
+		n    *lab.Node
+		addr string
+		peer string
+	}{{ha, "192.0.2.11", "192.0.2.12"}, {hb, "192.0.2.12", "192.0.2.11"}} {
+		key := filepath.Join(h.n.Dir, "oe-key.pem")
+		if out, err := h.n.Exec(ctx, "sh", "-c", "pki --gen --type rsa --size 2048 --outform pem > "+key+" 2>/dev/null"); err != nil {
+			return fmt.Errorf("pki on %s: %w\n%s", h.n.Name, err, out)
+		}
+		sock := filepath.Join(h.n.Dir, "obold.sock")
+		sockets[h.n] = sock
+		cfg, err := h.n.WriteFile("obold.toml", []byte(scenario.OboldConfig(h.n.VICI, sock, fmt.Sprintf(`
+[oe]
+address = %q
+key_file = %q
+[oe.dns]
+server = "192.0.2.53:53"
+require_dnssec = true
+[[oe.group]]
+group = "private"
+cidrs = ["%s/32"]
+[[oe.group]]
+group = "clear-or-private"
+cidrs = ["192.0.2.0/24"]
+`, h.addr, key, h.peer))))
+		if err != nil {
+			return err
+		}
+		out, err := h.n.Exec(ctx, filepath.Join(bin, "obolctl"), "records", "--config", cfg)
+		if err != nil {
+			return fmt.Errorf("obolctl records: %w\n%s", err, out)
+		}
+		if h.n == ha {
+			fmt.Printf("$ obolctl records   (on hosta)\n%s\n", out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if line != "" && !strings.HasPrefix(line, ";") {
+				records = append(records, line)
+			}
+		}
+		if _, err := h.n.Start(ctx, "obold", []string{filepath.Join(bin, "obold"), "--config", cfg}, nil); err != nil {
+			return err
+		}
+	}
+	if err := l.SetZone(ctx, lab.Zone{Name: "2.0.192.in-addr.arpa.", Records: records}); err != nil {
+		return fmt.Errorf("publish the records (knot signs them, unbound validates): %w", err)
+	}
+	ctl := func(n *lab.Node, args ...string) (string, error) {
+		out, err := n.Exec(ctx, append([]string{filepath.Join(bin, "obolctl"), "--socket", sockets[n]}, args...)...)
+		return string(out), err
+	}
+	if err := waitFor(ctx, func() bool { _, err := ctl(ha, "status"); return err == nil }); err != nil {
+		return err
+	}
+	step("hosta pings hostb: the first packet is held, obold finds hostb's key in DNS and brings up a tunnel")
+	start := time.Now()
+	if err := waitFor(ctx, func() bool {
+		_, err := ha.Exec(ctx, "ping", "-c", "1", "-W", "1", "192.0.2.12")
+		return err == nil
+	}); err != nil {
+		return fmt.Errorf("hosta never reached hostb: %w", err)
+	}
+	fmt.Printf("hostb answered %s after the first packet\n", time.Since(start).Round(time.Millisecond))
+	for _, args := range [][]string{{"oe", "list"}, {"lookup", "192.0.2.12"}, {"sas"}, {"xfrm", "check"}} {
+		out, err := ctl(ha, args...)
+		if err != nil {
+			return fmt.Errorf("obolctl %v: %w\n%s", args, err, out)
+		}
+		fmt.Printf("$ obolctl %s   (on hosta)\n%s\n", strings.Join(args, " "), out)
 	}
 	return nil
 }
