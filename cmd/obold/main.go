@@ -128,7 +128,8 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 		return err
 	}
 	d := daemon.New(cfg, client, modules, log)
-	if cfg.OE.Enabled() {
+	// The kernel side serves OE and labeled ACQUIREs.
+	if cfg.OE.Enabled() || !cfg.Labels.Empty() {
 		k, err := oeKernel(log)
 		if err != nil {
 			return err

@@ -44,9 +44,11 @@ type Daemon struct {
 
 	// OE: the kernel side (set by UseOEKernel), the engine once started,
 	// and Run's context, which the engine lives in.
-	oeKernel OEKernel
-	oe       *oe.Engine
-	runCtx   context.Context
+	oeKernel    OEKernel
+	oe          *oe.Engine
+	runCtx      context.Context
+	feeding     bool
+	labeledBusy map[string]bool
 }
 
 // loadedConn is what obold put into charon for one conn, so it can take
@@ -181,6 +183,7 @@ func (d *Daemon) resync(ctx context.Context, ev vici.Event) {
 		d.setError(err)
 		d.log.Error("OE is not running", "err", err)
 	}
+	d.startFeed()
 	took := time.Since(start)
 	d.mu.Lock()
 	d.ostate.LastResync = time.Now()

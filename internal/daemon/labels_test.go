@@ -4,12 +4,16 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/obol-ipsec/obol/internal/control"
 	"github.com/obol-ipsec/obol/internal/labels"
+	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/vici"
 )
 
 const labeledConf = `
@@ -96,5 +100,68 @@ func TestLabeledFlow(t *testing.T) {
 	}
 	if _, err := d.LabeledFlow(ctx, control.LabelsRequest{Local: "nonsense", Remote: "192.0.2.12", Label: "x"}); err == nil {
 		t.Error("a bad address was accepted")
+	}
+}
+
+// fakeKernel is the kernel side for tests: ACQUIREs are sent by the test.
+type fakeKernel struct {
+	acq chan xfrm.Acquire
+	exp chan xfrm.Policy
+}
+
+func (k *fakeKernel) Install(_ context.Context, p xfrm.Policy) (xfrm.Policy, error) { return p, nil }
+func (k *fakeKernel) Remove(context.Context, xfrm.Policy) error                     { return nil }
+func (k *fakeKernel) RemoveAll(context.Context) (int, error)                        { return 0, nil }
+func (k *fakeKernel) List(context.Context) ([]xfrm.Policy, error)                   { return nil, nil }
+func (k *fakeKernel) Acquires() <-chan xfrm.Acquire                                 { return k.acq }
+func (k *fakeKernel) Expired() <-chan xfrm.Policy                                   { return k.exp }
+
+// An ACQUIRE carrying a security context goes through the label policy
+// before charon is asked for the CHILD_SA with that label.
+func TestLabeledAcquire(t *testing.T) {
+	cfg := testConfig(t, labeledConf)
+	lp, err := labels.New(cfg.Labels, labels.FixedDetector(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFake()
+	d := New(cfg, f, plugins.Modules{Labels: lp}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	k := &fakeKernel{acq: make(chan xfrm.Acquire, 4), exp: make(chan xfrm.Policy)}
+	d.UseOEKernel(k)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan vici.Event, 1)
+	events <- vici.Event{Kind: vici.EventConnected}
+	go func() { _ = d.Run(ctx, events) }()
+	waitFor(t, func() bool { return len(f.names()) == 1 })
+
+	pair := func(label string) xfrm.Acquire {
+		return xfrm.Acquire{Src: netip.MustParseAddr("192.0.2.11"), Dst: netip.MustParseAddr("192.0.2.12"), SecCtx: &xfrm.SecCtx{DOI: 1, Alg: 1, Context: label}}
+	}
+	k.acq <- pair("system_u:system_r:app_t:s3") // above the entry: refused, nothing initiated
+	k.acq <- pair("system_u:system_r:app_t:s1")
+	var initiated []string
+	waitFor(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		initiated = nil
+		for _, c := range f.calls {
+			if strings.HasPrefix(c, "initiate ") {
+				initiated = append(initiated, c)
+			}
+		}
+		return len(initiated) > 0
+	})
+	want := "initiate obol-peer/"
+	for _, ch := range f.conns["obol-peer"].Children {
+		if ch.Label == "system_u:system_r:app_t:s1" {
+			want += ch.Name
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the refused one must not follow
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(initiated) != 1 || initiated[0] != want {
+		t.Fatalf("initiated %v, want [%s]", initiated, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/obol-ipsec/obol/internal/control"
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
@@ -84,16 +85,31 @@ func (d *Daemon) startOE(ctx context.Context) error {
 	d.mu.Lock()
 	d.oe = eng
 	d.mu.Unlock()
-	go d.feedOE(d.runCtx, eng, k)
 	return nil
 }
 
-// feedOE hands the engine what the kernel reports, and ticks its lifespans.
-// The ACQUIRE path never waits on DNS or IKE: HandleAcquire returns at once.
-func (d *Daemon) feedOE(ctx context.Context, eng *oe.Engine, k OEKernel) {
+// startFeed starts, once, the loop that hands the kernel's reports to the
+// OE engine and labeled ACQUIREs to the label policy.
+func (d *Daemon) startFeed() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.oeKernel == nil || d.feeding {
+		return
+	}
+	d.feeding = true
+	go d.feed(d.runCtx, d.oeKernel)
+}
+
+// feed hands what the kernel reports to the OE engine (unlabeled ACQUIREs,
+// expired shunts, lifespan ticks) and to the label policy (ACQUIREs that
+// carry a security context). It never waits on DNS or IKE itself.
+func (d *Daemon) feed(ctx context.Context, k OEKernel) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		d.mu.Lock()
+		eng := d.oe
+		d.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
@@ -101,15 +117,63 @@ func (d *Daemon) feedOE(ctx context.Context, eng *oe.Engine, k OEKernel) {
 			if !ok {
 				return
 			}
-			eng.HandleAcquire(a)
+			switch {
+			case a.SecCtx != nil:
+				d.labeledAcquire(ctx, a)
+			case eng != nil:
+				eng.HandleAcquire(a)
+			}
 		case p, ok := <-k.Expired():
-			if ok {
+			if ok && eng != nil {
 				eng.ShuntExpired(p)
 			}
 		case <-tick.C:
-			eng.Tick(ctx)
+			if eng != nil {
+				eng.Tick(ctx)
+			}
 		}
 	}
+}
+
+// maxLabeledInFlight bounds labeled ACQUIREs handled at once.
+const maxLabeledInFlight = 64
+
+// labeledAcquire runs the labeled-flow path for an ACQUIRE with a security
+// context: the label policy authorizes the flow's label for the pair before
+// charon is asked for the CHILD_SA carrying it. One at a time per pair and
+// label; beyond maxLabeledInFlight, ACQUIREs are dropped (the kernel raises
+// another for the next packet once the larval state expires).
+func (d *Daemon) labeledAcquire(ctx context.Context, a xfrm.Acquire) {
+	key := a.Pair().String() + "|" + a.SecCtx.Context
+	d.mu.Lock()
+	if d.labeledBusy == nil {
+		d.labeledBusy = map[string]bool{}
+	}
+	if d.labeledBusy[key] || len(d.labeledBusy) >= maxLabeledInFlight {
+		d.mu.Unlock()
+		d.log.Debug("labeled ACQUIRE dropped: already handled or too many at once", "pair", a.Pair(), "label", a.SecCtx.Context)
+		return
+	}
+	d.labeledBusy[key] = true
+	d.mu.Unlock()
+	go func() {
+		defer func() {
+			d.mu.Lock()
+			delete(d.labeledBusy, key)
+			d.mu.Unlock()
+		}()
+		ans, err := d.LabeledFlow(ctx, control.LabelsRequest{
+			Local: a.Src.String(), Remote: a.Dst.String(), Protocol: a.Proto, RemotePort: a.DstPort, Label: a.SecCtx.Context,
+		})
+		switch {
+		case err != nil:
+			d.log.Warn("labeled ACQUIRE not handled", "pair", a.Pair(), "label", a.SecCtx.Context, "err", err)
+		case !ans.Allowed || !ans.Established:
+			d.log.Info("labeled ACQUIRE refused", "pair", a.Pair(), "label", a.SecCtx.Context, "reason", ans.Reason, "refused", ans.Refused)
+		default:
+			d.log.Info("labeled CHILD_SA up for an ACQUIRE", "pair", a.Pair(), "label", a.SecCtx.Context, "child", ans.Child)
+		}
+	}()
 }
 
 // OETunnels lists the OE engine's tunnels (empty when OE is off).
