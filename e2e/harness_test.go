@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 
 // startLab starts a lab and makes sure it is gone, with nothing left, when
 // the test ends, pass or fail.
-func startLab(t *testing.T, opts lab.Options) *lab.Lab {
+func startLab(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -76,7 +76,7 @@ func startLab(t *testing.T, opts lab.Options) *lab.Lab {
 
 // obold is one obold running in a lab node.
 type obold struct {
-	t *testing.T
+	t testing.TB
 	// control holds extra [control] keys, e.g. group and mode.
 	control string
 	// allowErrors are log lines at ERROR a test provokes on purpose.
@@ -93,13 +93,13 @@ type obold struct {
 
 // startObold writes config (with the node's VICI and control sockets filled
 // in) and starts obold, waiting until it is connected to charon.
-func startObold(t *testing.T, n *lab.Node, extra string) *obold {
+func startObold(t testing.TB, n *lab.Node, extra string) *obold {
 	t.Helper()
 	return startOboldWith(t, &obold{node: n, socket: filepath.Join(n.Dir, "obold.sock")}, extra)
 }
 
 // startOboldWith starts a prepared obold (socket path and [control] keys set).
-func startOboldWith(t *testing.T, o *obold, extra string) *obold {
+func startOboldWith(t testing.TB, o *obold, extra string) *obold {
 	t.Helper()
 	o.t = t
 	o.seen = map[string]int{}
@@ -234,7 +234,7 @@ func hasEvent(evs []control.EventRecord, kind string, up bool, ike string) bool 
 	return false
 }
 
-func run(t *testing.T, n *lab.Node, argv ...string) string {
+func run(t testing.TB, n *lab.Node, argv ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -245,7 +245,7 @@ func run(t *testing.T, n *lab.Node, argv ...string) string {
 	return string(out)
 }
 
-func swanctl(t *testing.T, n *lab.Node, args ...string) string {
+func swanctl(t testing.TB, n *lab.Node, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -25,7 +25,7 @@ type oeKey struct {
 	dns     string // base64 RFC 3110
 }
 
-func newOEKey(t *testing.T, n *lab.Node) oeKey {
+func newOEKey(t testing.TB, n *lab.Node) oeKey {
 	t.Helper()
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
