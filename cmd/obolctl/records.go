@@ -2,11 +2,10 @@ package main
 
 import (
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/internal/keyfile"
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/resolver"
 )
@@ -131,29 +131,18 @@ func readPublicKey(file string) (crypto.PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read [oe] key_file: %w; fix the path or run obolctl as a user who may read it", err)
 	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, fmt.Errorf("key_file %s holds no PEM block; give a PEM private key (pki --gen --type ed25519 --outform pem)", file)
-	}
-	var key any
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		return nil, fmt.Errorf("key_file %s is an ECDSA key, which OE peers cannot take from DNS; make an Ed25519 or RSA key (pki --gen --type ed25519 --outform pem)", file)
-	default:
-		return nil, fmt.Errorf("key_file %s: PEM block %q is not a private key; give an Ed25519 or RSA private key", file, block.Type)
-	}
+	signer, err := keyfile.Signer(data)
 	if err != nil {
-		return nil, fmt.Errorf("key_file %s: parse %s: %w", file, block.Type, err)
+		return nil, fmt.Errorf("key_file %s: %w", file, err)
 	}
+	key := any(signer)
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
 		return &k.PublicKey, nil
 	case ed25519.PrivateKey:
 		return k.Public(), nil
+	case *ecdsa.PrivateKey:
+		return nil, fmt.Errorf("key_file %s is an ECDSA key, which OE peers cannot take from DNS; make an Ed25519 or RSA key (pki --gen --type ed25519 --outform pem)", file)
 	default:
 		return nil, fmt.Errorf("key_file %s holds a %T, which OE peers cannot take from DNS; make an Ed25519 or RSA key (pki --gen --type ed25519 --outform pem)", file, key)
 	}

@@ -267,7 +267,7 @@ func TestRecordsErrors(t *testing.T) {
 		{"no address", fmt.Sprintf("key_file = %q", good), `[oe] address "" is not an IP address`},
 		{"weak RSA", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q", weakKey), "RSA key has 1024 bits; keys from 2048 to 16384 bits are accepted; peers would skip this key"},
 		{"ECDSA", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q", ecKey), "is an ECDSA key, which OE peers cannot take from DNS"},
-		{"not PEM", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q", notPEM), "holds no PEM block"},
+		{"not PEM", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q", notPEM), "no PEM block found"},
 		{"bad protect", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q\nprotect = [\"10.1.0.0\"]", good), `protect[0] "10.1.0.0" is not a CIDR`},
 		{"bad identity", fmt.Sprintf("address = \"192.0.2.1\"\nkey_file = %q\nidentity = \"@bad name\"", good), `identity "@bad name" is not @ and a host name`},
 		{"config problems", "adress = \"192.0.2.1\"", `unknown key "adress"`},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/internal/keyfile"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
 )
@@ -48,7 +49,7 @@ func buildConn(ctx context.Context, prefix string, c config.Conn, lp plugins.Lab
 			return d, fmt.Errorf("conn %s: read key_file: %w", c.Name, err)
 		}
 		d.key = &vici.Key{Type: "any", Data: b}
-		pub, err := publicKeyPEM(b)
+		pub, err := keyfile.PublicPEM(b)
 		if err != nil {
 			return d, fmt.Errorf("conn %s: key_file %s: %w", c.Name, c.Local.KeyFile, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/obol-ipsec/obol/internal/control"
+	"github.com/obol-ipsec/obol/internal/keyfile"
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
@@ -65,7 +66,7 @@ func (d *Daemon) startOE(ctx context.Context) error {
 	if res == nil {
 		return fmt.Errorf("oe: [[oe.group]] is set but the resolver module is not running")
 	}
-	pub, err := publicKeyPEM(keyPEM)
+	pub, err := keyfile.PublicPEM(keyPEM)
 	if err != nil {
 		return fmt.Errorf("oe: key_file %s: %w", cfg.OE.KeyFile, err)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package keyfile
 
 import (
 	"crypto"
@@ -13,7 +13,7 @@ import (
 	"testing"
 )
 
-func TestPublicKeyPEM(t *testing.T) {
+func TestPublicPEM(t *testing.T) {
 	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
 	ecPriv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	rsaPriv, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -40,7 +40,7 @@ func TestPublicKeyPEM(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := publicKeyPEM(tt.in)
+			got, err := PublicPEM(tt.in)
 			if tt.want == nil {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)

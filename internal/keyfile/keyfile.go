@@ -1,4 +1,6 @@
-package daemon
+// Package keyfile reads the private keys obol is given (PEM: PKCS#8,
+// PKCS#1 or SEC1) and derives their public halves.
+package keyfile
 
 import (
 	"crypto"
@@ -8,10 +10,23 @@ import (
 	"fmt"
 )
 
-// publicKeyPEM derives the public key (PKIX, PEM) from a private key file.
+// PublicPEM derives the public key (PKIX, PEM) from a PEM private key.
 // charon binds a raw-key identity to its private key only through the
 // conn's local pubkeys, so obold sends the public half along with the key.
-func publicKeyPEM(privPEM []byte) ([]byte, error) {
+func PublicPEM(privPEM []byte) ([]byte, error) {
+	signer, err := Signer(privPEM)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("encode public key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// Signer parses a PEM private key.
+func Signer(privPEM []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(privPEM)
 	if block == nil {
 		return nil, errors.New("no PEM block found; give a PEM private key (pki --gen --outform pem)")
@@ -35,9 +50,5 @@ func publicKeyPEM(privPEM []byte) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%T cannot sign; give an RSA, ECDSA or Ed25519 private key", key)
 	}
-	der, err := x509.MarshalPKIXPublicKey(signer.Public())
-	if err != nil {
-		return nil, fmt.Errorf("encode public key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+	return signer, nil
 }
