@@ -2,36 +2,17 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/obol-ipsec/obol/e2e/lab"
+	"github.com/obol-ipsec/obol/e2e/scenario"
 	"github.com/obol-ipsec/obol/internal/oe"
 )
 
 func oeHost(addr, identity, peer string, key oeKey) string {
-	id := ""
-	if identity != "" {
-		id = fmt.Sprintf("identity = %q\n", identity)
-	}
-	return fmt.Sprintf(`
-[oe]
-address = %q
-%skey_file = %q
-initial_lifespan = "2s"
-busy_lifespan = "3s"
-[oe.dns]
-server = "192.0.2.53:53"
-require_dnssec = true
-[[oe.group]]
-group = "private"
-cidrs = ["%s/32"]
-[[oe.group]]
-group = "clear-or-private"
-cidrs = ["192.0.2.0/24"]
-`, addr, id, key.pemFile, peer)
+	return scenario.OEHost(addr, identity, peer, key.pemFile, "initial_lifespan = \"2s\"\nbusy_lifespan = \"3s\"")
 }
 
 // TestHostOE: OE between two hosts, hosta with an IP identity (key in its

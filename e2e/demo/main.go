@@ -144,20 +144,7 @@ func demoOE(ctx context.Context, l *lab.Lab, bin string) error {
 		}
 		sock := filepath.Join(h.n.Dir, "obold.sock")
 		sockets[h.n] = sock
-		cfg, err := h.n.WriteFile("obold.toml", []byte(scenario.OboldConfig(h.n.VICI, sock, fmt.Sprintf(`
-[oe]
-address = %q
-key_file = %q
-[oe.dns]
-server = "192.0.2.53:53"
-require_dnssec = true
-[[oe.group]]
-group = "private"
-cidrs = ["%s/32"]
-[[oe.group]]
-group = "clear-or-private"
-cidrs = ["192.0.2.0/24"]
-`, h.addr, key, h.peer))))
+		cfg, err := h.n.WriteFile("obold.toml", []byte(scenario.OboldConfig(h.n.VICI, sock, scenario.OEHost(h.addr, "", h.peer, key, ""))))
 		if err != nil {
 			return err
 		}

@@ -49,3 +49,28 @@ vici_socket = %q
 socket = %q
 %s`, vici, control, extra)
 }
+
+// OEHost is [oe] for a host doing OE by itself: private to peer, answering
+// OE from the lab's internet. identity "" means its address; extraOE adds
+// keys to [oe] (e.g. lifespans).
+func OEHost(addr, identity, peer, keyFile, extraOE string) string {
+	id := ""
+	if identity != "" {
+		id = fmt.Sprintf("identity = %q\n", identity)
+	}
+	return fmt.Sprintf(`
+[oe]
+address = %q
+%skey_file = %q
+%s
+[oe.dns]
+server = "192.0.2.53:53"
+require_dnssec = true
+[[oe.group]]
+group = "private"
+cidrs = ["%s/32"]
+[[oe.group]]
+group = "clear-or-private"
+cidrs = ["192.0.2.0/24"]
+`, addr, id, keyFile, extraOE, peer)
+}
