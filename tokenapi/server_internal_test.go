@@ -1,0 +1,70 @@
+package tokenapi
+
+import (
+	"context"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/obol-ipsec/obol/tokenapi/wire"
+)
+
+func TestAdmitted(t *testing.T) {
+	tests := []struct {
+		name       string
+		uids, gids []uint32
+		cred       unix.Ucred
+		want       bool
+	}{
+		{"no lists", nil, nil, unix.Ucred{Uid: 1000, Gid: 1000}, true},
+		{"uid listed", []uint32{1000}, nil, unix.Ucred{Uid: 1000, Gid: 5}, true},
+		{"gid listed", nil, []uint32{50}, unix.Ucred{Uid: 1000, Gid: 50}, true},
+		{"not listed", []uint32{1}, []uint32{2}, unix.Ucred{Uid: 1000, Gid: 1000}, false},
+		{"root", []uint32{1}, nil, unix.Ucred{Uid: 0, Gid: 0}, true},
+	}
+	for _, tc := range tests {
+		s := &Server{cfg: Config{AllowUIDs: tc.uids, AllowGIDs: tc.gids}}
+		if got := s.admitted(&tc.cred); got != tc.want {
+			t.Errorf("%s: admitted %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// FuzzHandle feeds arbitrary requests (without descriptors) to the
+// server's request path: it never panics and always answers with a
+// message that decodes.
+func FuzzHandle(f *testing.F) {
+	for _, seed := range [][]byte{
+		mustBytes(wire.NewBuilder(wire.TypePTokenQuery, 1)),
+		mustBytes(wire.NewBuilder(wire.TypePTokenGet, 2).U64(wire.AttrPToken, 1)),
+		mustBytes(wire.NewBuilder(wire.TypePTokenRelease, 3).U64(wire.AttrPToken, 1)),
+		mustBytes(wire.NewBuilder(wire.TypeITokenGet, 4).U64(wire.AttrIToken, 1)),
+	} {
+		f.Add(seed, 0)
+	}
+	s, err := NewServer(Config{Socket: "/nonexistent/t.sock"}, FactsFunc(func(context.Context, Flow) (Protection, error) {
+		return Protection{}, nil
+	}), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, req []byte, flags int) {
+		cl := &clientConn{ptokens: map[uint64]*pToken{1: {reply: nil, itoken: 0}}, itokens: map[uint64]int{}}
+		out := s.handle(context.Background(), cl, req, flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC), nil)
+		m, err := wire.Decode(out)
+		if err != nil {
+			t.Fatalf("reply does not decode: %v", err)
+		}
+		if m.Type != wire.TypeError && m.Type != wire.TypeOK && m.Type != wire.TypePTokenReply {
+			t.Fatalf("unexpected reply %s", m.Type)
+		}
+	})
+}
+
+func mustBytes(b *wire.Builder) []byte {
+	out, err := b.Bytes()
+	if err != nil {
+		panic(err)
+	}
+	return out
+}

@@ -1,0 +1,103 @@
+package wire
+
+import "fmt"
+
+// ErrorCode is the value of AttrErrorCode in an ERROR reply.
+type ErrorCode uint16
+
+// Error codes (PROTOCOL.md, "Errors").
+const (
+	ErrCodeBadMessage         ErrorCode = 1
+	ErrCodeUnsupportedVersion ErrorCode = 2
+	ErrCodeUnknownType        ErrorCode = 3
+	ErrCodeNoFD               ErrorCode = 4
+	ErrCodeTooManyFDs         ErrorCode = 5
+	ErrCodeNotSocket          ErrorCode = 6
+	ErrCodeNotInet            ErrorCode = 7
+	ErrCodeNotConnected       ErrorCode = 8
+	ErrCodeUnsupportedProto   ErrorCode = 9
+	ErrCodeUnknownHandle      ErrorCode = 10
+	ErrCodeLimit              ErrorCode = 11
+	ErrCodeUnavailable        ErrorCode = 12
+	ErrCodeInternal           ErrorCode = 13
+	ErrCodeDenied             ErrorCode = 14
+)
+
+var errorNames = map[ErrorCode]string{
+	ErrCodeBadMessage: "BAD_MESSAGE", ErrCodeUnsupportedVersion: "UNSUPPORTED_VERSION",
+	ErrCodeUnknownType: "UNKNOWN_TYPE", ErrCodeNoFD: "NO_FD", ErrCodeTooManyFDs: "TOO_MANY_FDS",
+	ErrCodeNotSocket: "NOT_SOCKET", ErrCodeNotInet: "NOT_INET", ErrCodeNotConnected: "NOT_CONNECTED",
+	ErrCodeUnsupportedProto: "UNSUPPORTED_PROTOCOL", ErrCodeUnknownHandle: "UNKNOWN_HANDLE",
+	ErrCodeLimit: "LIMIT", ErrCodeUnavailable: "UNAVAILABLE", ErrCodeInternal: "INTERNAL",
+	ErrCodeDenied: "DENIED",
+}
+
+func (c ErrorCode) String() string {
+	if s, ok := errorNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("ERROR_%d", uint16(c))
+}
+
+// Reason says WHY a flow is not protected (AttrWhyCode).
+type Reason uint16
+
+// WHY reasons (PROTOCOL.md, "WHY reasons").
+const (
+	ReasonNone              Reason = 0 // the flow is protected
+	ReasonNoPolicy          Reason = 1 // no IPsec policy covers the flow: clear by configuration
+	ReasonNoSA              Reason = 2 // a policy covers it but no SA is established (yet)
+	ReasonNegotiationFailed Reason = 3 // IKE or CHILD_SA negotiation failed
+	ReasonAuthFailed        Reason = 4 // the peer or we failed authentication
+	ReasonLabelDenied       Reason = 5 // the label policy refused the flow's label
+	ReasonOENoRecords       Reason = 6 // opportunistic: the peer publishes no IPsec records
+	ReasonOEUnusable        Reason = 7 // opportunistic: DNS answer bogus, or insecure while DNSSEC is required
+	ReasonLocal             Reason = 8 // host-local traffic (loopback) never passes IPsec
+	ReasonBlocked           Reason = 9 // policy blocks the flow
+	ReasonUnknown           Reason = 10
+)
+
+var reasonNames = map[Reason]string{
+	ReasonNone: "NONE", ReasonNoPolicy: "NO_POLICY", ReasonNoSA: "NO_SA",
+	ReasonNegotiationFailed: "NEGOTIATION_FAILED", ReasonAuthFailed: "AUTH_FAILED",
+	ReasonLabelDenied: "LABEL_DENIED", ReasonOENoRecords: "OE_NO_RECORDS",
+	ReasonOEUnusable: "OE_UNUSABLE", ReasonLocal: "LOCAL", ReasonBlocked: "BLOCKED",
+	ReasonUnknown: "UNKNOWN",
+}
+
+func (r Reason) String() string {
+	if s, ok := reasonNames[r]; ok {
+		return s
+	}
+	return fmt.Sprintf("REASON_%d", uint16(r))
+}
+
+// AuthMethod is an iToken's authenticationMethod (btns-abstract-api §7).
+type AuthMethod uint8
+
+// Authentication methods, in the spec's order.
+const (
+	AuthNone         AuthMethod = 0
+	AuthBTNS         AuthMethod = 1
+	AuthLeapOfFaith  AuthMethod = 2
+	AuthPresharedKey AuthMethod = 3
+	AuthGroupKey     AuthMethod = 4
+	AuthXAuth        AuthMethod = 5
+	AuthEAP          AuthMethod = 6
+	AuthPKIXTrusted  AuthMethod = 7
+	AuthPKIXInline   AuthMethod = 8
+	AuthPKIXOffline  AuthMethod = 9
+	AuthDNSSEC       AuthMethod = 10
+)
+
+var authNames = [...]string{
+	"NONE", "BTNS", "LEAPOFFAITH", "PRESHAREDKEY", "GROUPKEY", "XAUTH", "EAP",
+	"PKIX_TRUSTED", "PKIX_INLINE", "PKIX_OFFLINE", "DNSSEC",
+}
+
+func (a AuthMethod) String() string {
+	if int(a) < len(authNames) {
+		return authNames[a]
+	}
+	return fmt.Sprintf("AUTH_%d", uint8(a))
+}

@@ -1,0 +1,388 @@
+// Package wire encodes and decodes the messages of obol's token API
+// (tokenapi/PROTOCOL.md): a 16-byte header followed by TLV attributes, one
+// message per SOCK_SEQPACKET datagram. It has no state and no I/O, so the
+// server, the Go client and the fuzz target share it.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// Magic opens every message: "OBTK".
+const Magic uint32 = 0x4F42544B
+
+// Limits of the protocol.
+const (
+	HeaderLen  = 16
+	MaxMessage = 65536 // whole datagram, header included
+	MaxAttrs   = 64
+	MaxString  = 4096 // bytes of a string attribute
+	MaxBlob    = 8192 // bytes of a binary attribute (channel binding)
+)
+
+// Type is a message type.
+type Type uint8
+
+// Requests (client to server) and replies (server to client).
+const (
+	TypePTokenQuery   Type = 0x01 // the socket's fd travels in SCM_RIGHTS
+	TypePTokenGet     Type = 0x02
+	TypePTokenRelease Type = 0x03
+	TypeITokenGet     Type = 0x04
+	TypePTokenReply   Type = 0x81
+	TypeOK            Type = 0x83
+	TypeITokenReply   Type = 0x84
+	TypeError         Type = 0xFF
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypePTokenQuery:
+		return "PTOKEN_QUERY"
+	case TypePTokenGet:
+		return "PTOKEN_GET"
+	case TypePTokenRelease:
+		return "PTOKEN_RELEASE"
+	case TypeITokenGet:
+		return "ITOKEN_GET"
+	case TypePTokenReply:
+		return "PTOKEN_REPLY"
+	case TypeOK:
+		return "OK"
+	case TypeITokenReply:
+		return "ITOKEN_REPLY"
+	case TypeError:
+		return "ERROR"
+	}
+	return fmt.Sprintf("type(0x%02x)", uint8(t))
+}
+
+// Attribute types. Bit 0x8000 marks an attribute as critical: a receiver
+// that does not know a critical attribute must refuse the message, an
+// unknown non-critical one is skipped.
+const (
+	AttrPToken         uint16 = 1  // u64
+	AttrIToken         uint16 = 2  // u64, 0 = none
+	AttrProtected      uint16 = 3  // bool
+	AttrPrivacy        uint16 = 4  // bool
+	AttrIntegrity      uint16 = 5  // bool
+	AttrCompression    uint16 = 6  // bool
+	AttrAudit          uint16 = 7  // string
+	AttrWhyCode        uint16 = 8  // u16
+	AttrWhyText        uint16 = 9  // string
+	AttrAuthMethod     uint16 = 10 // u8
+	AttrCertDN         uint16 = 11 // string
+	AttrCADN           uint16 = 12 // string
+	AttrPubKeyID       uint16 = 13 // string
+	AttrChannelBinding uint16 = 14 // bytes
+	AttrLabel          uint16 = 15 // string
+	AttrRemoteID       uint16 = 16 // string
+	AttrErrorCode      uint16 = 17 // u16
+	AttrErrorText      uint16 = 18 // string
+	AttrMaxVersion     uint16 = 19 // u8
+
+	AttrCritical uint16 = 0x8000
+)
+
+type kind uint8
+
+const (
+	kindU8 kind = iota + 1
+	kindBool
+	kindU16
+	kindU64
+	kindString
+	kindBlob
+)
+
+var attrKinds = map[uint16]kind{
+	AttrPToken: kindU64, AttrIToken: kindU64,
+	AttrProtected: kindBool, AttrPrivacy: kindBool, AttrIntegrity: kindBool, AttrCompression: kindBool,
+	AttrAudit: kindString, AttrWhyCode: kindU16, AttrWhyText: kindString,
+	AttrAuthMethod: kindU8, AttrCertDN: kindString, AttrCADN: kindString, AttrPubKeyID: kindString,
+	AttrChannelBinding: kindBlob, AttrLabel: kindString, AttrRemoteID: kindString,
+	AttrErrorCode: kindU16, AttrErrorText: kindString, AttrMaxVersion: kindU8,
+}
+
+// ErrBadMessage wraps every decoding error.
+var ErrBadMessage = errors.New("malformed token API message")
+
+// Header is the fixed part of a message.
+type Header struct {
+	Version uint8
+	Type    Type
+	ID      uint32 // chosen by the client, echoed in the reply
+}
+
+// Attr is one decoded attribute; Value aliases the decoded buffer.
+type Attr struct {
+	Type  uint16
+	Value []byte
+}
+
+// Message is a header with its attributes, in wire order.
+type Message struct {
+	Header
+	Attrs []Attr
+}
+
+func bad(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadMessage, fmt.Sprintf(format, a...))
+}
+
+// DecodeHeader checks magic and length and returns the header, so a server
+// can answer UNSUPPORTED_VERSION before it looks at the body.
+func DecodeHeader(b []byte) (Header, []byte, error) {
+	if len(b) < HeaderLen {
+		return Header{}, nil, bad("%d bytes, shorter than the %d-byte header", len(b), HeaderLen)
+	}
+	if len(b) > MaxMessage {
+		return Header{}, nil, bad("%d bytes, longer than %d", len(b), MaxMessage)
+	}
+	if m := binary.BigEndian.Uint32(b[0:4]); m != Magic {
+		return Header{}, nil, bad("magic 0x%08x, want 0x%08x (\"OBTK\")", m, Magic)
+	}
+	h := Header{Version: b[4], Type: Type(b[5]), ID: binary.BigEndian.Uint32(b[8:12])}
+	if f := binary.BigEndian.Uint16(b[6:8]); f != 0 {
+		return h, nil, bad("flags 0x%04x, must be 0", f)
+	}
+	if n := binary.BigEndian.Uint32(b[12:16]); int64(n) != int64(len(b)-HeaderLen) {
+		return h, nil, bad("body length field %d, but %d bytes follow the header", n, len(b)-HeaderLen)
+	}
+	return h, b[HeaderLen:], nil
+}
+
+// Decode parses one whole message of the given version. Known attributes
+// must have their documented size and strings must be UTF-8 without NUL;
+// unknown critical attributes are refused, unknown others are kept.
+func Decode(b []byte) (Message, error) {
+	h, body, err := DecodeHeader(b)
+	if err != nil {
+		return Message{Header: h}, err
+	}
+	if h.Version != Version {
+		return Message{Header: h}, bad("version %d, this side speaks %d", h.Version, Version)
+	}
+	m := Message{Header: h}
+	for len(body) > 0 {
+		if len(m.Attrs) == MaxAttrs {
+			return m, bad("more than %d attributes", MaxAttrs)
+		}
+		if len(body) < 4 {
+			return m, bad("%d trailing bytes, too short for an attribute header", len(body))
+		}
+		t, n := binary.BigEndian.Uint16(body[0:2]), int(binary.BigEndian.Uint16(body[2:4]))
+		if len(body)-4 < n {
+			return m, bad("attribute %d says %d bytes, %d left", t, n, len(body)-4)
+		}
+		v := body[4 : 4+n]
+		body = body[4+n:]
+		if err := checkAttr(t, v); err != nil {
+			return m, err
+		}
+		m.Attrs = append(m.Attrs, Attr{Type: t, Value: v})
+	}
+	return m, nil
+}
+
+func checkAttr(t uint16, v []byte) error {
+	k, ok := attrKinds[t&^AttrCritical]
+	if !ok {
+		if t&AttrCritical != 0 {
+			return bad("unknown critical attribute 0x%04x", t)
+		}
+		return nil
+	}
+	want := map[kind]int{kindU8: 1, kindBool: 1, kindU16: 2, kindU64: 8}[k]
+	switch k {
+	case kindString:
+		if len(v) > MaxString {
+			return bad("attribute %d: string of %d bytes, limit %d", t, len(v), MaxString)
+		}
+		if !utf8.Valid(v) {
+			return bad("attribute %d: string is not UTF-8", t)
+		}
+		for _, c := range v {
+			if c == 0 {
+				return bad("attribute %d: string contains NUL", t)
+			}
+		}
+	case kindBlob:
+		if len(v) > MaxBlob {
+			return bad("attribute %d: %d bytes, limit %d", t, len(v), MaxBlob)
+		}
+	default:
+		if len(v) != want {
+			return bad("attribute %d: %d bytes, want %d", t, len(v), want)
+		}
+		if k == kindBool && v[0] > 1 {
+			return bad("attribute %d: boolean %d, want 0 or 1", t, v[0])
+		}
+	}
+	return nil
+}
+
+// Find returns the first attribute of type t (critical bit ignored).
+func (m Message) Find(t uint16) ([]byte, bool) {
+	for _, a := range m.Attrs {
+		if a.Type&^AttrCritical == t {
+			return a.Value, true
+		}
+	}
+	return nil, false
+}
+
+// U64 returns attribute t as a number; ok is false when it is absent.
+func (m Message) U64(t uint16) (uint64, bool) {
+	v, ok := m.Find(t)
+	if !ok || len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
+}
+
+// U16 returns attribute t as a number.
+func (m Message) U16(t uint16) (uint16, bool) {
+	v, ok := m.Find(t)
+	if !ok || len(v) != 2 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(v), true
+}
+
+// U8 returns attribute t as a byte.
+func (m Message) U8(t uint16) (uint8, bool) {
+	v, ok := m.Find(t)
+	if !ok || len(v) != 1 {
+		return 0, false
+	}
+	return v[0], true
+}
+
+// Bool returns attribute t; absent is false.
+func (m Message) Bool(t uint16) bool {
+	v, _ := m.U8(t)
+	return v == 1
+}
+
+// String returns attribute t; absent is "".
+func (m Message) String(t uint16) string {
+	v, _ := m.Find(t)
+	return string(v)
+}
+
+// Bytes returns a copy of attribute t.
+func (m Message) Bytes(t uint16) []byte {
+	v, ok := m.Find(t)
+	if !ok {
+		return nil
+	}
+	return append([]byte(nil), v...)
+}
+
+// Builder assembles one message. Add* methods are chainable; Bytes reports
+// an attribute that exceeds a limit.
+type Builder struct {
+	buf []byte
+	n   int
+	err error
+}
+
+// NewBuilder starts a message of type t with request id id.
+func NewBuilder(t Type, id uint32) *Builder {
+	b := &Builder{buf: make([]byte, HeaderLen, 256)}
+	binary.BigEndian.PutUint32(b.buf[0:4], Magic)
+	b.buf[4] = Version
+	b.buf[5] = byte(t)
+	binary.BigEndian.PutUint32(b.buf[8:12], id)
+	return b
+}
+
+func (b *Builder) add(t uint16, v []byte) *Builder {
+	if b.err != nil {
+		return b
+	}
+	if len(v) > 0xFFFF || len(b.buf)+4+len(v) > MaxMessage || b.n == MaxAttrs {
+		b.err = fmt.Errorf("token API message too large at attribute %d", t)
+		return b
+	}
+	b.buf = binary.BigEndian.AppendUint16(b.buf, t)
+	b.buf = binary.BigEndian.AppendUint16(b.buf, uint16(len(v)))
+	b.buf = append(b.buf, v...)
+	b.n++
+	return b
+}
+
+// U64 adds a 64-bit number.
+func (b *Builder) U64(t uint16, v uint64) *Builder {
+	return b.add(t, binary.BigEndian.AppendUint64(nil, v))
+}
+
+// U16 adds a 16-bit number.
+func (b *Builder) U16(t uint16, v uint16) *Builder {
+	return b.add(t, binary.BigEndian.AppendUint16(nil, v))
+}
+
+// U8 adds a byte.
+func (b *Builder) U8(t uint16, v uint8) *Builder { return b.add(t, []byte{v}) }
+
+// Bool adds a boolean.
+func (b *Builder) Bool(t uint16, v bool) *Builder {
+	if v {
+		return b.U8(t, 1)
+	}
+	return b.U8(t, 0)
+}
+
+// String adds a string when it is not empty, truncated to MaxString at a
+// rune boundary, NULs replaced by U+FFFD, so a reply always decodes.
+func (b *Builder) String(t uint16, s string) *Builder {
+	if s == "" {
+		return b
+	}
+	s = SanitizeString(s)
+	return b.add(t, []byte(s))
+}
+
+// Blob adds bytes when there are any.
+func (b *Builder) Blob(t uint16, v []byte) *Builder {
+	if len(v) == 0 {
+		return b
+	}
+	if len(v) > MaxBlob {
+		b.err = fmt.Errorf("token API attribute %d: %d bytes, limit %d", t, len(v), MaxBlob)
+		return b
+	}
+	return b.add(t, v)
+}
+
+// Bytes finishes the message.
+func (b *Builder) Bytes() ([]byte, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	binary.BigEndian.PutUint32(b.buf[12:16], uint32(len(b.buf)-HeaderLen))
+	return b.buf, nil
+}
+
+// SanitizeString makes s a valid string attribute: UTF-8, no NUL, at most
+// MaxString bytes.
+func SanitizeString(s string) string {
+	out := make([]byte, 0, len(s))
+	for _, r := range s {
+		if r == 0 {
+			r = utf8.RuneError
+		}
+		if len(out)+utf8.RuneLen(r) > MaxString {
+			break
+		}
+		out = utf8.AppendRune(out, r)
+	}
+	return string(out)
+}
