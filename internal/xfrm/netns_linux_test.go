@@ -39,10 +39,10 @@ func (n *labNS) ip(args ...string) string {
 func inNetns(t testing.TB, body func(ns *labNS)) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and XFRM")
+		t.Fatal("needs root: network namespaces and XFRM (make test runs as root)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
+		t.Fatal("needs iproute2: make deps installs it")
 	}
 	var r [5]byte
 	rand.Read(r[:])
