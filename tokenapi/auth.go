@@ -63,6 +63,9 @@ func DeriveAuthMethod(p Peer) AuthFacts {
 		if ev.SecretOwners == 0 {
 			return AuthFacts{Method: wire.AuthGroupKey, Basis: "pre-shared key for any identity"}
 		}
+		if ev.SecretOwners < 0 {
+			return AuthFacts{Method: wire.AuthGroupKey, Basis: "pre-shared key whose owners obold cannot see (loaded by swanctl): not claimed unique"}
+		}
 		return AuthFacts{Method: wire.AuthGroupKey, Basis: "pre-shared key shared by several identities"}
 	case !has("public key") && !isSignature(logm):
 		return AuthFacts{Method: wire.AuthNone, Basis: "peer not authenticated (auth class " + quoteOr(ev.ConnClass, "none") + ")"}

@@ -25,6 +25,7 @@ func TestDeriveAuthMethod(t *testing.T) {
 		{"unique psk", Peer{Evidence: Evidence{ConnClass: "pre-shared key", SecretOwners: 1}}, wire.AuthPresharedKey, "", ""},
 		{"group psk", Peer{Evidence: Evidence{ConnClass: "pre-shared key", SecretOwners: 3}}, wire.AuthGroupKey, "", ""},
 		{"wildcard psk", Peer{Evidence: Evidence{ConnClass: "pre-shared key"}}, wire.AuthGroupKey, "", ""},
+		{"psk with owners unseen", Peer{Evidence: Evidence{ConnClass: "pre-shared key", SecretOwners: -1}}, wire.AuthGroupKey, "", ""},
 		{"psk from log only", Peer{Evidence: Evidence{LogMethod: "pre-shared key", SecretOwners: 1}}, wire.AuthPresharedKey, "", ""},
 		{"oe dnssec", Peer{Evidence: Evidence{ConnClass: "public key", OE: true, DNSSEC: "secure", PinnedKey: true}}, wire.AuthDNSSEC, "", ""},
 		{"oe insecure", Peer{Evidence: Evidence{ConnClass: "public key", OE: true, DNSSEC: "insecure", PinnedKey: true}}, wire.AuthBTNS, "", ""},

@@ -93,8 +93,9 @@ type Evidence struct {
 	// PinnedKey: the round pins raw public keys configured by the
 	// administrator (list-conns lists the round's ID as its certs).
 	PinnedKey bool
-	// SecretOwners counts the identities the matched IKE pre-shared key is
-	// bound to; 0 means a wildcard secret (any identity).
+	// SecretOwners counts the peer identities the matched IKE pre-shared
+	// key is bound to; 0 means a wildcard secret (any identity), -1 that
+	// obold cannot see them (a secret swanctl loaded).
 	SecretOwners int
 	// OE: the conn is obold's opportunistic conn; DNSSEC is the verdict
 	// on the DNS answer that gave the peer's key ("secure", "insecure").

@@ -23,6 +23,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/tokenapi"
 	"github.com/obol-ipsec/obol/vici"
 )
 
@@ -123,7 +124,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	vopts := vici.Options{Logger: log, CallTimeout: time.Duration(cfg.Charon.CallTimeout)}
 	client := vici.NewClient(cfg.Charon.VICISocket, vopts)
 	defer client.Close()
-	modules, err := buildModules(cfg)
+	modules, err := buildModules(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -156,7 +157,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 					log.Error("reload refused: the config has errors; keeping the running config", "err", err)
 					continue
 				}
-				nm, err := buildModules(nc)
+				nm, err := buildModules(nc, log)
 				if err != nil {
 					log.Error("reload refused: a module cannot start with the new config; keeping the running config", "err", err)
 					continue
@@ -186,7 +187,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 
 // buildModules makes the built-in modules cfg asks for. obold uses them only
 // through the plugins interfaces.
-func buildModules(cfg *config.Config) (plugins.Modules, error) {
+func buildModules(cfg *config.Config, log *slog.Logger) (plugins.Modules, error) {
 	m := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
 	if cfg.OE.Enabled() {
 		r, err := resolver.New(cfg.OE.DNS, resolver.Options{})
@@ -194,6 +195,9 @@ func buildModules(cfg *config.Config) (plugins.Modules, error) {
 			return m, fmt.Errorf("resolver: %w", err)
 		}
 		m.Resolver = r
+	}
+	if cfg.TokenAPI.Enabled {
+		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: log.With("module", "tokenapi")}
 	}
 	if !cfg.Labels.Empty() {
 		lp, err := labels.New(cfg.Labels, nil)

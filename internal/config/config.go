@@ -12,6 +12,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/tokenapi"
 )
 
 // Config is obold's configuration.
@@ -28,6 +29,14 @@ type Config struct {
 	Labels labels.Config `toml:"labels"`
 	// OE is opportunistic encryption ([oe]); off without [[oe.group]].
 	OE oe.Config `toml:"oe"`
+	// TokenAPI is the application token API ([tokenapi]).
+	TokenAPI TokenAPI `toml:"tokenapi"`
+}
+
+// TokenAPI switches the token API module on; its keys are tokenapi.Config's.
+type TokenAPI struct {
+	Enabled bool `toml:"enabled"`
+	tokenapi.Config
 }
 
 // Charon says how to reach charon.

@@ -64,18 +64,18 @@ func Decode(path string, data []byte, v any) (*Doc, error) {
 func schemaOf(t reflect.Type) map[string][]string {
 	s := map[string][]string{}
 	var walk func(t reflect.Type, path string)
-	walk = func(t reflect.Type, path string) {
-		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
-			t = t.Elem()
-		}
-		if t.Kind() != reflect.Struct || implementsText(t) {
-			return
-		}
+	// fields lists a struct's keys, an embedded struct's keys as its own.
+	var fields func(t reflect.Type, path string) []string
+	fields = func(t reflect.Type, path string) []string {
 		keys := []string{}
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
 			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+				keys = append(keys, fields(f.Type, path)...)
 				continue
 			}
 			if name == "" {
@@ -88,7 +88,16 @@ func schemaOf(t reflect.Type) map[string][]string {
 			}
 			walk(f.Type, sub)
 		}
-		s[path] = keys
+		return keys
+	}
+	walk = func(t reflect.Type, path string) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || implementsText(t) {
+			return
+		}
+		s[path] = fields(t, path)
 	}
 	walk(t, "")
 	return s

@@ -68,6 +68,11 @@ func (c *Config) validate() []problem {
 			ps = append(ps, problem{"oe.key_file", fmt.Sprintf("cannot read key_file %q: %v; fix the path (relative paths start at the config's directory) or the file's permissions", c.OE.KeyFile, err)})
 		}
 	}
+	if c.TokenAPI.Enabled {
+		if err := c.TokenAPI.Config.WithDefaults().Validate(); err != nil {
+			ps = append(ps, problem{"tokenapi", err.Error() + "; fix [tokenapi]"})
+		}
+	}
 	entries := map[string]bool{}
 	for _, e := range c.Labels.Entries {
 		entries[e.Name] = true

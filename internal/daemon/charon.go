@@ -15,6 +15,7 @@ type Charon interface {
 	UnloadConn(ctx context.Context, name string) error
 	ConnNames(ctx context.Context) ([]string, error)
 	ListSAs(ctx context.Context, sel vici.SASelector) ([]vici.IKESA, error)
+	ListConns(ctx context.Context, name string) ([]vici.ConnInfo, error)
 	Initiate(ctx context.Context, ike, child string) error
 	Terminate(ctx context.Context, sel vici.SASelector) error
 	LoadShared(ctx context.Context, s vici.Shared) error

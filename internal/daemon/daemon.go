@@ -49,12 +49,16 @@ type Daemon struct {
 	runCtx      context.Context
 	feeding     bool
 	labeledBusy map[string]bool
+
+	tokens *tokenHost
 }
 
 // loadedConn is what obold put into charon for one conn, so it can take
 // exactly that out again.
 type loadedConn struct {
 	children []vici.Child
+	// pskPeers counts the peer identities its pre-shared key names.
+	pskPeers int
 	digest   [32]byte
 	sharedID string
 	keyID    string
@@ -71,6 +75,7 @@ func New(cfg *config.Config, charon Charon, modules plugins.Modules, log *slog.L
 		loaded:  map[string]loadedConn{},
 		events:  newEventLog(1024),
 	}
+	d.tokens = newTokenHost(d)
 	d.state.Socket = cfg.Charon.VICISocket
 	d.ostate = control.OboldStatus{Version: Version, PID: os.Getpid(), Started: d.started, Config: cfg.File, ConnPrefix: cfg.Obold.ConnPrefix, Events: map[string]int{}}
 	return d
@@ -85,6 +90,19 @@ func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
 	d.mu.Unlock()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	d.mu.Lock()
+	api := d.modules.TokenAPI
+	d.mu.Unlock()
+	if api != nil {
+		// The token API module runs for obold's whole life; its socket goes
+		// when ctx ends.
+		go func() {
+			if err := api.Serve(ctx, d.tokens); err != nil && ctx.Err() == nil {
+				d.setError(err)
+				d.log.Error("the token API stopped", "err", err)
+			}
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -108,6 +126,7 @@ func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
 
 func (d *Daemon) handle(ctx context.Context, ev vici.Event) {
 	d.events.add(ev)
+	d.tokens.observe(ev)
 	d.mu.Lock()
 	d.ostate.Events[string(ev.Kind)]++
 	eng := d.oe
@@ -331,6 +350,12 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 func (d *Daemon) load(ctx context.Context, dc desiredConn) error {
 	name := dc.conn.Name
 	lc := loadedConn{digest: dc.digest, children: dc.conn.Children}
+	if dc.shared != nil {
+		lc.pskPeers = len(dc.shared.Owners)
+		if len(dc.conn.Local) > 0 && slices.Contains(dc.shared.Owners, dc.conn.Local[0].ID) {
+			lc.pskPeers-- // our own identity is not a peer
+		}
+	}
 	if dc.shared != nil {
 		if err := d.charon.LoadShared(ctx, *dc.shared); err != nil {
 			return fmt.Errorf("conn %s: load its pre-shared key: %w", name, err)

@@ -97,6 +97,21 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 	}
 	return out, f.rec("list-sas")
 }
+func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.conns[name]
+	if !ok {
+		return nil, f.rec("list-conns")
+	}
+	ci := vici.ConnInfo{Name: c.Name}
+	for _, a := range c.Remote {
+		class := map[string]string{"psk": "pre-shared key", "pubkey": "public key"}[a.Auth]
+		ci.Remote = append(ci.Remote, vici.AuthInfo{Class: class, ID: a.ID})
+	}
+	return []vici.ConnInfo{ci}, f.rec("list-conns")
+}
+
 func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

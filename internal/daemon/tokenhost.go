@@ -1,0 +1,164 @@
+package daemon
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"github.com/obol-ipsec/obol/internal/oe"
+	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/wire"
+	"github.com/obol-ipsec/obol/vici"
+)
+
+// tokenHost is what obold offers the token API module: the SAs on the host
+// (swanctl's too) with the evidence of how each peer was authenticated,
+// gathered from list-conns, charon's level-1 log lines and OE's state.
+type tokenHost struct {
+	d *Daemon
+
+	mu   sync.Mutex
+	auth map[uint32]*tokenapi.AuthLog // by IKE_SA unique id
+}
+
+func newTokenHost(d *Daemon) *tokenHost {
+	return &tokenHost{d: d, auth: map[uint32]*tokenapi.AuthLog{}}
+}
+
+var _ plugins.TokenHost = (*tokenHost)(nil)
+var _ tokenapi.Host = (*tokenHost)(nil)
+
+// observe feeds charon's events: log lines become authentication evidence
+// per IKE_SA; a deleted IKE_SA's evidence is dropped.
+func (h *tokenHost) observe(ev vici.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case ev.Kind == vici.EventLog && ev.Log != nil && ev.Log.IKEID != 0:
+		al := h.auth[ev.Log.IKEID]
+		if al == nil {
+			al = &tokenapi.AuthLog{}
+			h.auth[ev.Log.IKEID] = al
+		}
+		al.Feed(ev.Log.Message)
+	case ev.Kind == vici.EventIKEUpDown && !ev.Up && ev.SA != nil:
+		delete(h.auth, ev.SA.UniqueID)
+	case ev.Kind == vici.EventConnected:
+		h.auth = map[uint32]*tokenapi.AuthLog{} // a new charon: old ids mean nothing
+	}
+}
+
+// SAs is the plugins.TokenHost summary.
+func (h *tokenHost) SAs(ctx context.Context) ([]plugins.SASummary, error) {
+	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{})
+	if err != nil {
+		return nil, err
+	}
+	var out []plugins.SASummary
+	for _, sa := range sas {
+		out = append(out, plugins.SASummary{IKEName: sa.Name, UniqueID: sa.UniqueID, LocalAddr: sa.LocalHost, RemoteAddr: sa.RemoteHost,
+			LocalID: sa.LocalID, RemoteID: sa.RemoteID, EncrAlg: sa.EncrAlg, IntegAlg: sa.IntegAlg})
+	}
+	return out, nil
+}
+
+// TokenSAs lists the installed CHILD_SAs with their peer's evidence.
+func (h *tokenHost) TokenSAs(ctx context.Context) ([]tokenapi.TokenSA, error) {
+	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{})
+	if err != nil {
+		return nil, err
+	}
+	classes := map[string][]string{}
+	oeDNSSEC := map[string]string{}
+	for _, t := range h.d.OETunnels() {
+		oeDNSSEC[t.Conn] = string(t.DNSSEC)
+	}
+	var out []tokenapi.TokenSA
+	for _, sa := range sas {
+		if _, ok := classes[sa.Name]; !ok {
+			classes[sa.Name] = h.remoteClasses(ctx, sa.Name)
+		}
+		ev := tokenapi.Evidence{RoundClasses: classes[sa.Name]}
+		if len(ev.RoundClasses) > 0 {
+			ev.ConnClass = ev.RoundClasses[0]
+		}
+		h.mu.Lock()
+		if al := h.auth[sa.UniqueID]; al != nil {
+			le := al.Evidence
+			ev.LogMethod, ev.TrustedCADN, ev.TrustedCertDN, ev.PeerCertDN, ev.Fetched = le.LogMethod, le.TrustedCADN, le.TrustedCertDN, le.PeerCertDN, le.Fetched
+		}
+		h.mu.Unlock()
+		if dnssec, ok := oeDNSSEC[sa.Name]; ok {
+			ev.OE, ev.DNSSEC, ev.PinnedKey = true, dnssec, true
+		} else if ev.ConnClass == "public key" && ev.TrustedCADN == "" {
+			// A raw key the administrator configured for this peer.
+			ev.PinnedKey = true
+		}
+		if ev.ConnClass == "pre-shared key" {
+			ev.SecretOwners = -1 // swanctl's secrets: VICI does not show their owners
+			h.d.mu.Lock()
+			if lc, ok := h.d.loaded[sa.Name]; ok {
+				ev.SecretOwners = lc.pskPeers
+			}
+			h.d.mu.Unlock()
+		}
+		peer := tokenapi.Peer{RemoteID: sa.RemoteID, RemoteEAPID: sa.RemoteEAPID, RemoteXAuthID: sa.RemoteXAuthID, Evidence: ev}
+		for _, ch := range sa.Children {
+			if ch.State != "INSTALLED" {
+				continue
+			}
+			tsa := tokenapi.TokenSA{
+				Child: tokenapi.Child{IKEName: sa.Name, Name: ch.Name, Protocol: ch.Protocol, Mode: ch.Mode, EncrAlg: ch.EncrAlg, EncrKey: ch.EncrKeySize,
+					IntegAlg: ch.IntegAlg, IntegKey: ch.IntegKeySize, IPComp: ch.CPIIn != "", Encap: ch.Encap, Label: ch.Label},
+				Peer: peer,
+			}
+			for _, s := range ch.LocalTS {
+				if ts, err := tokenapi.ParseTS(s); err == nil {
+					tsa.LocalTS = append(tsa.LocalTS, ts)
+				}
+			}
+			for _, s := range ch.RemoteTS {
+				if ts, err := tokenapi.ParseTS(s); err == nil {
+					tsa.RemoteTS = append(tsa.RemoteTS, ts)
+				}
+			}
+			out = append(out, tsa)
+		}
+	}
+	return out, nil
+}
+
+func (h *tokenHost) remoteClasses(ctx context.Context, conn string) []string {
+	cis, err := h.d.charon.ListConns(ctx, conn)
+	if err != nil || len(cis) == 0 {
+		return nil
+	}
+	var out []string
+	for _, a := range cis[0].Remote {
+		out = append(out, a.Class)
+	}
+	return out
+}
+
+// WhyNot says why a flow has no SA: OE's verdict for its peer when OE
+// knows the pair, else that no policy covers it.
+func (h *tokenHost) WhyNot(ctx context.Context, f tokenapi.Flow) (wire.Reason, string, error) {
+	dst := f.Remote.Addr().Unmap()
+	for _, t := range h.d.OETunnels() {
+		if t.Pair.Dst != dst || t.State != oe.StateFailed {
+			continue
+		}
+		switch {
+		case strings.Contains(t.Reason, "no OE records"):
+			return wire.ReasonOENoRecords, t.Reason, nil
+		case strings.Contains(t.Reason, "unusable"):
+			return wire.ReasonOEUnusable, t.Reason, nil
+		case strings.Contains(t.Reason, "AUTHENTICATION_FAILED"):
+			return wire.ReasonAuthFailed, t.Reason, nil
+		default:
+			return wire.ReasonNegotiationFailed, t.Reason, nil
+		}
+	}
+	return wire.ReasonNoPolicy, "no IPsec policy covers " + f.Local.String() + " -> " + f.Remote.String() + ": the traffic goes in clear", nil
+}
