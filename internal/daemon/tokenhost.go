@@ -20,10 +20,29 @@ type tokenHost struct {
 
 	mu   sync.Mutex
 	auth map[uint32]*tokenapi.AuthLog // by IKE_SA unique id
+
+	// The token query path never waits for charon while nothing changed:
+	// the SAs are cached until an event says otherwise, and the first query
+	// after it rebuilds them with one list-sas.
+	cacheMu sync.Mutex
+	cache   []tokenapi.TokenSA
+	valid   bool
+	classes map[string][]string // remote auth classes by conn (list-conns)
 }
 
 func newTokenHost(d *Daemon) *tokenHost {
 	return &tokenHost{d: d, auth: map[uint32]*tokenapi.AuthLog{}}
+}
+
+// invalidate drops the cached SAs; forget also drops the conns' auth classes
+// (a reload or a new charon may have changed the conns).
+func (h *tokenHost) invalidate(forget bool) {
+	h.cacheMu.Lock()
+	h.valid = false
+	if forget {
+		h.classes = nil
+	}
+	h.cacheMu.Unlock()
 }
 
 var _ plugins.TokenHost = (*tokenHost)(nil)
@@ -32,6 +51,16 @@ var _ tokenapi.Host = (*tokenHost)(nil)
 // observe feeds charon's events: log lines become authentication evidence
 // per IKE_SA; a deleted IKE_SA's evidence is dropped.
 func (h *tokenHost) observe(ev vici.Event) {
+	switch ev.Kind {
+	case vici.EventLog:
+		if ev.Log != nil && ev.Log.IKEID != 0 {
+			h.invalidate(false) // authentication evidence may have changed
+		}
+	case vici.EventConnected, vici.EventDisconnected, vici.EventLost:
+		h.invalidate(true)
+	default:
+		h.invalidate(false)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -63,13 +92,32 @@ func (h *tokenHost) SAs(ctx context.Context) ([]plugins.SASummary, error) {
 	return out, nil
 }
 
-// TokenSAs lists the installed CHILD_SAs with their peer's evidence.
+// TokenSAs lists the installed CHILD_SAs with their peer's evidence, from
+// the cache when no event changed them.
 func (h *tokenHost) TokenSAs(ctx context.Context) ([]tokenapi.TokenSA, error) {
+	h.cacheMu.Lock()
+	defer h.cacheMu.Unlock()
+	if h.valid {
+		return h.cache, nil
+	}
+	sas, err := h.build(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h.cache, h.valid = sas, true
+	return sas, nil
+}
+
+// build reads the SAs from charon; cacheMu is held.
+func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{})
 	if err != nil {
 		return nil, err
 	}
-	classes := map[string][]string{}
+	if h.classes == nil {
+		h.classes = map[string][]string{}
+	}
+	classes := h.classes
 	oeDNSSEC := map[string]string{}
 	for _, t := range h.d.OETunnels() {
 		oeDNSSEC[t.Conn] = string(t.DNSSEC)
