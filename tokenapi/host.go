@@ -159,14 +159,20 @@ func coveredBy(list []TS, ap netip.AddrPort, proto uint8) bool {
 // local and remote selectors cover the flow, else the host's WhyNot.
 func HostFacts(h Host) Facts {
 	return FactsFunc(func(ctx context.Context, f Flow) (Protection, error) {
-		sas, err := h.TokenSAs(ctx)
+		var ix *Index
+		var err error
+		if ih, ok := h.(IndexedHost); ok {
+			ix, err = ih.TokenIndex(ctx)
+		} else {
+			var sas []TokenSA
+			sas, err = h.TokenSAs(ctx)
+			ix = NewIndex(sas)
+		}
 		if err != nil {
 			return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		for _, sa := range sas {
-			if coveredBy(sa.LocalTS, f.Local, f.Protocol) && coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
-				return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
-			}
+		if sa, ok := ix.Find(f); ok {
+			return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
 		}
 		why, text, err := h.WhyNot(ctx, f)
 		if err != nil {

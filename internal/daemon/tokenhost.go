@@ -25,7 +25,7 @@ type tokenHost struct {
 	// the SAs are cached until an event says otherwise, and the first query
 	// after it rebuilds them with one list-sas.
 	cacheMu sync.Mutex
-	cache   []tokenapi.TokenSA
+	cache   *tokenapi.Index
 	valid   bool
 	classes map[string][]string // remote auth classes by conn (list-conns)
 }
@@ -46,7 +46,7 @@ func (h *tokenHost) invalidate(forget bool) {
 }
 
 var _ plugins.TokenHost = (*tokenHost)(nil)
-var _ tokenapi.Host = (*tokenHost)(nil)
+var _ tokenapi.IndexedHost = (*tokenHost)(nil)
 
 // observe feeds charon's events: log lines become authentication evidence
 // per IKE_SA; a deleted IKE_SA's evidence is dropped.
@@ -95,6 +95,15 @@ func (h *tokenHost) SAs(ctx context.Context) ([]plugins.SASummary, error) {
 // TokenSAs lists the installed CHILD_SAs with their peer's evidence, from
 // the cache when no event changed them.
 func (h *tokenHost) TokenSAs(ctx context.Context) ([]tokenapi.TokenSA, error) {
+	ix, err := h.TokenIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ix.SAs(), nil
+}
+
+// TokenIndex is the cached index of the installed CHILD_SAs.
+func (h *tokenHost) TokenIndex(ctx context.Context) (*tokenapi.Index, error) {
 	h.cacheMu.Lock()
 	defer h.cacheMu.Unlock()
 	if h.valid {
@@ -104,8 +113,8 @@ func (h *tokenHost) TokenSAs(ctx context.Context) ([]tokenapi.TokenSA, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.cache, h.valid = sas, true
-	return sas, nil
+	h.cache, h.valid = tokenapi.NewIndex(sas), true
+	return h.cache, nil
 }
 
 // build reads the SAs from charon; cacheMu is held.
