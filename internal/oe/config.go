@@ -32,6 +32,10 @@ type Config struct {
 	// MaxPending caps negotiations in progress; ACQUIREs beyond it get the
 	// group's failure shunt at once.
 	MaxPending int `toml:"max_pending"`
+	// MaxTracked caps the pairs obold keeps state for (up, negotiating or
+	// failed); beyond it an ACQUIRE gets its group's failure shunt in the
+	// kernel and nothing in obold, so memory stays bounded under any flood.
+	MaxTracked int `toml:"max_tracked"`
 	// RetryMin and RetryMax bound the per-destination backoff after failures.
 	RetryMin Duration `toml:"retry_min"`
 	RetryMax Duration `toml:"retry_max"`
@@ -70,6 +74,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 256
+	}
+	if c.MaxTracked == 0 {
+		c.MaxTracked = 65536
 	}
 	if c.RetryMin == 0 {
 		c.RetryMin = Duration(2 * time.Second)
@@ -110,6 +117,9 @@ func (c Config) Validate() []Problem {
 	}
 	if c.MaxPending < 0 {
 		ps = append(ps, Problem{Path: "oe.max_pending", Msg: "max_pending must be positive; write e.g. 256"})
+	}
+	if c.MaxTracked < 0 || (c.MaxTracked > 0 && c.MaxTracked < c.MaxPending) {
+		ps = append(ps, Problem{Path: "oe.max_tracked", Msg: "max_tracked must be at least max_pending; write e.g. 65536"})
 	}
 	if c.RetryMax != 0 && c.RetryMin > c.RetryMax {
 		ps = append(ps, Problem{Path: "oe.retry_min", Msg: "retry_min is above retry_max; swap them"})

@@ -107,10 +107,12 @@ type Engine struct {
 	tunnels map[xfrm.Pair]*Tunnel
 	pending int
 	backoff map[netip.Addr]backoff
-	base    []xfrm.Policy // bypasses, traps, blocks
-	wg      sync.WaitGroup
-	ctx     context.Context
-	stopped bool
+	// untracked counts ACQUIREs shunted without state (max_tracked reached).
+	untracked int
+	base      []xfrm.Policy // bypasses, traps, blocks
+	wg        sync.WaitGroup
+	ctx       context.Context
+	stopped   bool
 }
 
 type backoff struct {
@@ -276,6 +278,18 @@ func (e *Engine) HandleAcquire(a xfrm.Acquire) {
 	if !dec.Group.Initiates() {
 		e.mu.Unlock()
 		e.log.Debug("ACQUIRE outside OE groups ignored", "pair", pair, "group", dec.Group, "exempt", dec.Exempt)
+		return
+	}
+	if len(e.tunnels) >= e.cfg.MaxTracked {
+		e.untracked++
+		n := e.untracked
+		e.mu.Unlock()
+		// No state in obold: the kernel's shunt alone holds the pair (it
+		// expires by itself, and the next packet tries again).
+		e.installShunt(e.context(), &Tunnel{Pair: pair}, shuntAction(dec), dec.ShuntLifetime)
+		if n == 1 || n%1000 == 0 {
+			e.log.Warn("OE tracks max_tracked pairs already; failure shunts only", "max_tracked", e.cfg.MaxTracked, "untracked", n)
+		}
 		return
 	}
 	t := &Tunnel{Pair: pair, Role: "initiator", State: StateResolving, Group: dec.Group, Conn: e.ConnName("initiator", pair), Since: now}
@@ -475,10 +489,7 @@ func (e *Engine) up(ctx context.Context, t *Tunnel) {
 // private it is always a drop, so nothing leaves in clear.
 func (e *Engine) fail(t *Tunnel, dec policy.Decision, reason string, backoffToo bool) {
 	ctx := e.context()
-	action := xfrm.Block
-	if dec.FailureShunt == policy.Pass && dec.Group != policy.Private {
-		action = xfrm.Allow
-	}
+	action := shuntAction(dec)
 	e.removeShunt(ctx, t)
 	e.installShunt(ctx, t, action, dec.ShuntLifetime)
 	now := e.p.Now()
@@ -497,6 +508,15 @@ func (e *Engine) fail(t *Tunnel, dec policy.Decision, reason string, backoffToo 
 	}
 	e.mu.Unlock()
 	e.log.Warn("OE failed", "pair", t.Pair, "group", dec.Group, "shunt", action, "for", dec.ShuntLifetime, "reason", reason)
+}
+
+// shuntAction is the failure shunt: pass only where the group allows it,
+// never under private.
+func shuntAction(dec policy.Decision) xfrm.Action {
+	if dec.FailureShunt == policy.Pass && dec.Group != policy.Private {
+		return xfrm.Allow
+	}
+	return xfrm.Block
 }
 
 func (e *Engine) context() context.Context {

@@ -365,6 +365,22 @@ func TestFloodIsBounded(t *testing.T) {
 	close(r.dns.block)
 }
 
+func TestMaxTracked(t *testing.T) {
+	r := newRig(t, "private=10.0.0.0/8", func(c *Config) { c.MaxPending = 4; c.MaxTracked = 10 })
+	r.dns.block = make(chan struct{})
+	defer close(r.dns.block)
+	for i := 0; i < 50; i++ {
+		r.e.HandleAcquire(acquire("192.0.2.1", fmt.Sprintf("10.9.0.%d", i+1), 0))
+	}
+	if n := len(r.e.Tunnels()); n != 10 {
+		t.Fatalf("tracked %d pairs, max_tracked is 10", n)
+	}
+	// The untracked ones still got a drop shunt in the kernel.
+	if got := len(r.policies(t, xfrm.Block, "192.0.2.1/32", "10.9.0.50/32")); got != 1 {
+		t.Errorf("untracked pair has %d drop shunts, want 1", got)
+	}
+}
+
 func TestResponderLoadsInitiatorKey(t *testing.T) {
 	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
 	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, DNSSEC: plugins.DNSSECSecure}
