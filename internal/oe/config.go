@@ -76,7 +76,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxPending = 256
 	}
 	if c.MaxTracked == 0 {
-		c.MaxTracked = 65536
+		c.MaxTracked = 16384
 	}
 	if c.RetryMin == 0 {
 		c.RetryMin = Duration(2 * time.Second)
@@ -119,7 +119,7 @@ func (c Config) Validate() []Problem {
 		ps = append(ps, Problem{Path: "oe.max_pending", Msg: "max_pending must be positive; write e.g. 256"})
 	}
 	if c.MaxTracked < 0 || (c.MaxTracked > 0 && c.MaxTracked < c.MaxPending) {
-		ps = append(ps, Problem{Path: "oe.max_tracked", Msg: "max_tracked must be at least max_pending; write e.g. 65536"})
+		ps = append(ps, Problem{Path: "oe.max_tracked", Msg: "max_tracked must be at least max_pending; write e.g. 16384"})
 	}
 	if c.RetryMax != 0 && c.RetryMin > c.RetryMax {
 		ps = append(ps, Problem{Path: "oe.retry_min", Msg: "retry_min is above retry_max; swap them"})
