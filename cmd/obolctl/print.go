@@ -32,6 +32,13 @@ func printStatus(w io.Writer, s control.Status) {
 	fmt.Fprintf(tw, "  config:\t%s\n", o.Config)
 	fmt.Fprintf(tw, "  owns:\tconns named %q*: %s\n", o.ConnPrefix, listOrNone(o.OwnedConns))
 	fmt.Fprintf(tw, "  reconnects:\t%d (last resync %s, took %s)\n", o.Reconnects, since(o.LastResync), o.ResyncTook.Round(time.Microsecond))
+	if len(o.Modules) > 0 {
+		var ms []string
+		for _, name := range []string{"resolver", "labels", "xfrm", "tokenapi"} {
+			ms = append(ms, name+" "+o.Modules[name])
+		}
+		fmt.Fprintf(tw, "  modules:\t%s\n", strings.Join(ms, ", "))
+	}
 	if o.LastError != "" {
 		fmt.Fprintf(tw, "  last error:\t%s\n", o.LastError)
 	}

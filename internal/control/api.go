@@ -38,6 +38,8 @@ type OboldStatus struct {
 	LastResync time.Time     `json:"last_resync"`
 	ResyncTook time.Duration `json:"resync_took"`
 	LastError  string        `json:"last_error,omitempty"`
+	// Modules says how each module runs: "built-in" or "off".
+	Modules map[string]string `json:"modules"`
 }
 
 // CharonStatus is what obold knows of charon.

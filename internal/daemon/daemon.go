@@ -526,6 +526,13 @@ func (d *Daemon) Status(ctx context.Context) control.Status {
 		s.Obold.Events[k] = v
 	}
 	s.Obold.ConnPrefix = d.cfg.Obold.ConnPrefix
+	s.Obold.Modules = map[string]string{}
+	for name, on := range map[string]bool{"resolver": d.modules.Resolver != nil, "labels": d.modules.Labels != nil, "xfrm": d.modules.XFRM != nil, "tokenapi": d.modules.TokenAPI != nil} {
+		s.Obold.Modules[name] = "off"
+		if on {
+			s.Obold.Modules[name] = "built-in"
+		}
+	}
 	s.Obold.OwnedConns = []string{}
 	for name := range d.loaded {
 		s.Obold.OwnedConns = append(s.Obold.OwnedConns, name)

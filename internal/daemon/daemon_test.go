@@ -331,6 +331,9 @@ func TestResyncAfterCharonRestart(t *testing.T) {
 	if !slices.Equal(st.Obold.OwnedConns, []string{"obol-a", "obol-b"}) {
 		t.Errorf("owned = %v", st.Obold.OwnedConns)
 	}
+	if st.Obold.Modules["xfrm"] != "built-in" || st.Obold.Modules["tokenapi"] != "off" {
+		t.Errorf("modules = %v", st.Obold.Modules)
+	}
 	if st.Obold.Events["disconnected"] != 1 || st.Obold.Events["connected"] != 2 {
 		t.Errorf("event counts = %v", st.Obold.Events)
 	}
