@@ -9,10 +9,10 @@ LDFLAGS := -X github.com/obol-ipsec/obol/internal/daemon.Version=$(VERSION)
 # Debian packages the lab and the tests use (real charon, knot, unbound).
 DEB_PKGS := charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-extra-plugins knot knot-dnsutils unbound iproute2 tcpdump \
-	dnsutils iputils-ping netcat-openbsd gcc \
+	dnsutils iputils-ping netcat-openbsd gcc binutils valgrind \
 	qemu-system-x86 debootstrap e2fsprogs
 
-.PHONY: all build deps test unit e2e kernelesp demo bench fuzz vet clean check-clean
+.PHONY: all build ctoken deps test unit e2e kernelesp demo bench fuzz vet clean check-clean
 
 all: build
 
@@ -28,9 +28,21 @@ deps:
 	@test -x "$(GO)" || { echo "make: no Go toolchain found (looked for go in PATH and /usr/local/go/bin); install Go 1.26" >&2; exit 1; }
 	@$(GO) mod download
 
-build:
+build: ctoken
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obold ./cmd/obold
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obolctl ./cmd/obolctl
+
+# ctoken: the C client library of the token API (libc only) and its example.
+CTOKEN_CFLAGS ?= -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE -O2
+ctoken: $(BIN)/libipsec_token.a $(BIN)/example_server_c
+
+$(BIN)/libipsec_token.a: tokenapi/c/ipsec_token.c tokenapi/c/ipsec_token.h
+	@mkdir -p $(BIN)
+	gcc $(CTOKEN_CFLAGS) -c tokenapi/c/ipsec_token.c -o $(BIN)/ipsec_token.o
+	ar rcs $@ $(BIN)/ipsec_token.o
+
+$(BIN)/example_server_c: tokenapi/c/example_server.c tokenapi/c/ipsec_token.h $(BIN)/libipsec_token.a
+	gcc $(CTOKEN_CFLAGS) -I tokenapi/c tokenapi/c/example_server.c $(BIN)/libipsec_token.a -o $@
 
 vet:
 	$(GO) vet ./...

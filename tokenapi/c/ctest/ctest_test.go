@@ -1,0 +1,710 @@
+// Package ctest tests the C client of the token API (tokenapi/c) against a
+// real tokenapi.Server, with the same requests through the Go client
+// (tokenapi/client) as the reference, and against a fake server that sends
+// malformed replies. It builds the C code with gcc and runs the test driver
+// under valgrind when valgrind is installed.
+package ctest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/client"
+	"github.com/obol-ipsec/obol/tokenapi/wire"
+)
+
+// cflags are the warnings the C code must build clean with.
+var cflags = []string{"-Wall", "-Wextra", "-Werror", "-std=c11", "-D_GNU_SOURCE", "-O2", "-g"}
+
+type binaries struct {
+	driver, server string
+}
+
+// build compiles the library (C11 and C99), archives it like the Makefile
+// does, and links the test driver and the example server.
+func build(t *testing.T) binaries {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Fatalf("gcc is needed to test the C client (make deps installs it): %v", err)
+	}
+	src, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	run := func(name string, args ...string) {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
+	}
+	obj, lib := filepath.Join(dir, "ipsec_token.o"), filepath.Join(dir, "libipsec_token.a")
+	run("gcc", append(cflags, "-c", filepath.Join(src, "ipsec_token.c"), "-o", obj)...)
+	run("gcc", "-Wall", "-Wextra", "-Werror", "-pedantic", "-std=c99", "-c", filepath.Join(src, "ipsec_token.c"), "-o", filepath.Join(dir, "c99.o"))
+	run("ar", "rcs", lib, obj)
+	b := binaries{driver: filepath.Join(dir, "testdriver"), server: filepath.Join(dir, "example_server")}
+	run("gcc", append(cflags, "-I", src, filepath.Join(src, "testdriver.c"), lib, "-o", b.driver)...)
+	run("gcc", append(cflags, "-I", src, filepath.Join(src, "example_server.c"), lib, "-o", b.server)...)
+	return b
+}
+
+// runDriver runs the C driver with files as descriptors 3, 4, ... and
+// returns its output. Under valgrind any memory error or leak fails.
+func runDriver(t *testing.T, b binaries, sock string, files []*os.File, ops []string) string {
+	t.Helper()
+	args := append([]string{sock}, ops...)
+	name := b.driver
+	if vg, err := exec.LookPath("valgrind"); err == nil {
+		args = append([]string{"-q", "--error-exitcode=1", "--leak-check=full", b.driver}, args...)
+		name = vg
+	}
+	cmd := exec.Command(name, args...)
+	cmd.ExtraFiles = files
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %v: %v\nstdout:\n%s\nstderr:\n%s", name, args, err, stdout.String(), stderr.String())
+	}
+	if stderr.Len() > 0 {
+		t.Fatalf("driver wrote to stderr:\n%s", stderr.String())
+	}
+	return stdout.String()
+}
+
+func TestValgrindUsed(t *testing.T) {
+	if _, err := exec.LookPath("valgrind"); err != nil {
+		t.Log("valgrind not installed: the C driver runs without memory checking")
+		return
+	}
+	t.Log("valgrind installed: the C driver runs under valgrind --error-exitcode=1 --leak-check=full")
+}
+
+// esc is testdriver.c's esc: bytes outside printable ASCII and '\' as \xNN.
+func esc(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c < 0x7f && c != '\\' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "\\x%02x", c)
+		}
+	}
+	return b.String()
+}
+
+func ptLines(w *strings.Builder, pt client.PToken) {
+	fmt.Fprintf(w, "pt.handle=%d\npt.itoken=%d\n", pt.Handle, pt.IToken)
+	fmt.Fprintf(w, "pt.protected=%t\npt.privacy=%t\npt.integrity=%t\npt.compression=%t\n", pt.Protected, pt.Privacy, pt.Integrity, pt.Compression)
+	fmt.Fprintf(w, "pt.why=%s\npt.why_text=%s\npt.audit=%s\npt.label=%s\n", pt.Why, esc(pt.WhyText), esc(pt.Audit), esc(pt.Label))
+}
+
+func itLines(w *strings.Builder, it client.IToken) {
+	fmt.Fprintf(w, "it.handle=%d\nit.auth=%s\nit.remote_id=%s\nit.cert_dn=%s\nit.ca_dn=%s\nit.pubkey_id=%s\nit.channel_binding=%s\nit.audit=%s\n",
+		it.Handle, it.AuthMethod, esc(it.RemoteID), esc(it.CertDN), esc(it.CADN), esc(it.PubKeyID), hex.EncodeToString(it.ChannelBinding), esc(it.Audit))
+}
+
+// goRun runs ops like testdriver.c does, with the Go client, and prints
+// the same lines.
+func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var w strings.Builder
+	var lastPT client.PTokenHandle
+	var lastIT client.ITokenHandle
+	num := func(op string, def uint64) uint64 {
+		_, a, ok := strings.Cut(op, ":")
+		if !ok {
+			return def
+		}
+		v, err := strconv.ParseUint(a, 10, 64)
+		if err != nil {
+			t.Fatalf("op %q: %v", op, err)
+		}
+		return v
+	}
+	for _, op := range ops {
+		fmt.Fprintf(&w, "op=%s\n", op)
+		var err error
+		switch {
+		case strings.HasPrefix(op, "q:"):
+			i := int(num(op, 0)) - 3
+			if i < 0 || i >= len(files) {
+				t.Fatalf("op %q: no such descriptor", op)
+			}
+			var pt client.PToken
+			if pt, err = c.PToken(ctx, files[i]); err == nil {
+				ptLines(&w, pt)
+				lastPT, lastIT = pt.Handle, pt.IToken
+			}
+		case strings.HasPrefix(op, "get"):
+			var pt client.PToken
+			if pt, err = c.Get(ctx, client.PTokenHandle(num(op, uint64(lastPT)))); err == nil {
+				ptLines(&w, pt)
+			}
+		case strings.HasPrefix(op, "rel"):
+			h := num(op, uint64(lastPT))
+			if err = c.Release(ctx, client.PTokenHandle(h)); err == nil {
+				fmt.Fprintf(&w, "released=%d\n", h)
+			}
+		case strings.HasPrefix(op, "it"):
+			var it client.IToken
+			if it, err = c.IToken(ctx, client.ITokenHandle(num(op, uint64(lastIT)))); err == nil {
+				itLines(&w, it)
+			}
+		default:
+			t.Fatalf("goRun: op %q", op)
+		}
+		if err != nil {
+			var e *client.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("op %q: Go client: %v", op, err)
+			}
+			fmt.Fprintf(&w, "err=%s\n", e.Code)
+		}
+	}
+	return w.String()
+}
+
+// fakeFacts answers by the flow's remote or local port.
+type fakeFacts struct {
+	mu     sync.Mutex
+	byPort map[uint16]tokenapi.Protection
+}
+
+func (f *fakeFacts) set(port int, p tokenapi.Protection) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.byPort[uint16(port)] = p
+}
+
+func (f *fakeFacts) Protection(_ context.Context, fl tokenapi.Flow) (tokenapi.Protection, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.byPort[fl.Remote.Port()]; ok {
+		return p, nil
+	}
+	if p, ok := f.byPort[fl.Local.Port()]; ok {
+		return p, nil
+	}
+	return tokenapi.Protection{Why: wire.ReasonNoPolicy, WhyText: "no conn covers " + fl.Remote.String()}, nil
+}
+
+func key(b byte) tokenapi.PublicKey {
+	return tokenapi.PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{b}, 32)}
+}
+
+var (
+	peerOE   = tokenapi.Peer{RemoteID: "192.0.2.2", PeerKey: key(0xA), OurKey: key(0x1), Evidence: tokenapi.Evidence{ConnClass: "public key", OE: true, DNSSEC: "secure"}}
+	peerPKIX = tokenapi.Peer{RemoteID: "CN=moon, O=Lab", Evidence: tokenapi.Evidence{ConnClass: "public key", TrustedCADN: "CN=Lab CA", PeerCertDN: "CN=moon, O=Lab"}}
+	gcm      = tokenapi.Child{IKEName: "obol-oe-1", Name: "oe", Protocol: "ESP", Mode: "TRANSPORT", EncrAlg: "AES_GCM_16", EncrKey: 256, IPComp: true, Label: "system_u:object_r:x_t:s0"}
+	scenes   = map[string]tokenapi.Protection{
+		"gcm":   {Protected: true, Child: gcm, Peer: peerOE},
+		"pkix":  {Protected: true, Child: gcm, Peer: peerPKIX},
+		"null":  {Protected: true, Child: tokenapi.Child{Protocol: "ESP", EncrAlg: "NULL", IntegAlg: "HMAC_SHA2_256_128", IntegKey: 128}, Peer: peerOE},
+		"3des":  {Protected: true, Child: tokenapi.Child{Protocol: "ESP", EncrAlg: "3DES_CBC", EncrKey: 192, IntegAlg: "HMAC_SHA1_96"}, Peer: peerPKIX},
+		"clear": {Why: wire.ReasonNoSA, WhyText: "trap installed, IKE_SA negotiating\n(\"quoted\" \\ ünïcode)"},
+	}
+)
+
+type env struct {
+	sock  string
+	facts *fakeFacts
+	lns   map[string]*net.TCPListener
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{facts: &fakeFacts{byPort: map[uint16]tokenapi.Protection{}}, lns: map[string]*net.TCPListener{}}
+	for name, p := range scenes {
+		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+		}()
+		e.lns[name] = ln
+		e.facts.set(ln.Addr().(*net.TCPAddr).Port, p)
+	}
+	e.sock = filepath.Join(t.TempDir(), "t.sock")
+	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: e.sock, UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return e
+}
+
+// file returns a descriptor of the client side of a TCP connection to the
+// listener of scene name.
+func (e *env) file(t *testing.T, name string) *os.File {
+	t.Helper()
+	c, err := net.DialTCP("tcp", nil, e.lns[name].Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := c.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestSameAsGoClient runs each op list through the C driver and the Go
+// client on the same sockets and requires identical output, plus lines
+// that pin the expected values.
+func TestSameAsGoClient(t *testing.T) {
+	b := build(t)
+	e := newEnv(t)
+	pipeR, pipeW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pipeR.Close(); pipeW.Close() })
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unixA, unixB := os.NewFile(uintptr(pair[0]), "unixA"), os.NewFile(uintptr(pair[1]), "unixB")
+	t.Cleanup(func() { unixA.Close(); unixB.Close() })
+	listenFile := func() *os.File {
+		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		f, err := ln.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	udpFile := func() *os.File {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		f, err := c.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	nine := make([]string, 9)
+	for i := range nine {
+		nine[i] = "q:3"
+	}
+
+	tests := []struct {
+		name  string
+		files func() []*os.File
+		ops   []string
+		want  []string // lines the output must contain
+	}{
+		{"protected", func() []*os.File { return []*os.File{e.file(t, "gcm")} },
+			[]string{"q:3", "it", "get", "rel", "get", "it"},
+			[]string{"pt.handle=1", "pt.protected=true", "pt.privacy=true", "pt.integrity=true", "pt.compression=true", "pt.why=NONE",
+				"pt.label=system_u:object_r:x_t:s0", "it.auth=DNSSEC", "it.remote_id=192.0.2.2", "it.pubkey_id=", "it.channel_binding=", "released=1", "err=UNKNOWN_HANDLE"}},
+		{"pkix", func() []*os.File { return []*os.File{e.file(t, "pkix")} },
+			[]string{"q:3", "it"},
+			[]string{"pt.privacy=true", "it.auth=PKIX_INLINE", "it.cert_dn=CN=moon, O=Lab", "it.ca_dn=CN=Lab CA", "it.audit="}},
+		{"esp-null", func() []*os.File { return []*os.File{e.file(t, "null")} },
+			[]string{"q:3", "it"},
+			[]string{"pt.protected=true", "pt.privacy=false", "pt.integrity=true", "it.auth=DNSSEC"}},
+		{"untrusted-cipher", func() []*os.File { return []*os.File{e.file(t, "3des")} },
+			[]string{"q:3", "it"},
+			[]string{"pt.protected=true", "pt.privacy=false", "pt.integrity=true"}},
+		{"unprotected", func() []*os.File { return []*os.File{e.file(t, "clear")} },
+			[]string{"q:3", "it", "get"},
+			[]string{"pt.protected=false", "pt.privacy=false", "pt.itoken=0", "pt.why=NO_SA",
+				`pt.why_text=trap installed, IKE_SA negotiating\x0a("quoted" \x5c \xc3\xbcn\xc3\xafcode)`, "err=UNKNOWN_HANDLE"}},
+		{"udp-no-policy", func() []*os.File { return []*os.File{udpFile()} },
+			[]string{"q:3"},
+			[]string{"pt.protected=false", "pt.why=NO_POLICY", "pt.why_text=no conn covers 127.0.0.1:9"}},
+		{"two-sockets", func() []*os.File { return []*os.File{e.file(t, "gcm"), e.file(t, "null")} },
+			[]string{"q:3", "q:4", "get:1", "rel:1", "get:1", "get:2", "it"},
+			[]string{"pt.handle=2", "released=1", "err=UNKNOWN_HANDLE", "it.auth=DNSSEC"}},
+		{"not-socket", func() []*os.File { return []*os.File{pipeR} }, []string{"q:3"}, []string{"err=NOT_SOCKET"}},
+		{"not-inet", func() []*os.File { return []*os.File{unixA} }, []string{"q:3"}, []string{"err=NOT_INET"}},
+		{"listening", func() []*os.File { return []*os.File{listenFile()} }, []string{"q:3"}, []string{"err=NOT_CONNECTED"}},
+		{"unknown-handles", nil, []string{"get:99", "rel:99", "it:12345", "it:0"}, []string{"err=UNKNOWN_HANDLE"}},
+		{"limit", func() []*os.File { return []*os.File{e.file(t, "gcm")} }, nine, []string{"pt.handle=8", "err=LIMIT"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var files []*os.File
+			if tc.files != nil {
+				files = tc.files()
+			}
+			got := runDriver(t, b, e.sock, files, tc.ops)
+			want := goRun(t, e.sock, files, tc.ops)
+			if got != want {
+				t.Fatalf("C and Go clients differ\nC:\n%s\nGo:\n%s", got, want)
+			}
+			lines := strings.Split(got, "\n")
+			for _, w := range tc.want {
+				found := false
+				for _, l := range lines {
+					// "key=" asks for a non-empty value, anything else for the line.
+					if l == w && !strings.HasSuffix(w, "=") || strings.HasSuffix(w, "=") && strings.HasPrefix(l, w) && len(l) > len(w) {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("output lacks %q:\n%s", w, got)
+				}
+			}
+		})
+	}
+}
+
+// TestCOnly covers what only the C API has: invalid and closed descriptors.
+func TestCOnly(t *testing.T) {
+	b := build(t)
+	e := newEnv(t)
+	tests := []struct {
+		name string
+		ops  []string
+		want string
+	}{
+		{"closed-fd", []string{"q:100"}, "op=q:100\nerr=SYSTEM\nerrno=9\n"},
+		{"then-works", []string{"q:100", "get:1"}, "op=q:100\nerr=SYSTEM\nerrno=9\nop=get:1\nerr=UNKNOWN_HANDLE\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := runDriver(t, b, e.sock, nil, tc.ops); got != tc.want {
+				t.Fatalf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+// tlv is one raw attribute of a crafted reply.
+type tlv struct {
+	t uint16
+	v []byte
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+func u16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+// raw builds a message without any checks, so replies can be malformed.
+func raw(typ wire.Type, id uint32, attrs ...tlv) []byte {
+	b := binary.BigEndian.AppendUint32(nil, wire.Magic)
+	b = append(b, wire.Version, byte(typ), 0, 0)
+	b = binary.BigEndian.AppendUint32(b, id)
+	b = binary.BigEndian.AppendUint32(b, 0)
+	for _, a := range attrs {
+		b = binary.BigEndian.AppendUint16(b, a.t)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(a.v)))
+		b = append(b, a.v...)
+	}
+	binary.BigEndian.PutUint32(b[12:16], uint32(len(b)-wire.HeaderLen))
+	return b
+}
+
+// itReply is a good ITOKEN_REPLY for iToken 7 with extra attributes.
+func itReply(id uint32, extra ...tlv) []byte {
+	a := []tlv{{wire.AttrIToken, u64(7)}, {wire.AttrAuthMethod, []byte{8}}}
+	return raw(wire.TypeITokenReply, id, append(a, extra...)...)
+}
+
+func mutate(b []byte, f func([]byte)) []byte { f(b); return b }
+
+const goodIT = "op=it:7\nit.handle=7\nit.auth=PKIX_INLINE\nit.remote_id=moon\nit.cert_dn=\nit.ca_dn=\nit.pubkey_id=\nit.channel_binding=0102\nit.audit=\n"
+const badIT = "op=it:7\nerr=BAD_REPLY\n"
+
+// TestStrictDecoding serves crafted replies from a fake server.
+func TestStrictDecoding(t *testing.T) {
+	b := build(t)
+	rid := tlv{wire.AttrRemoteID, []byte("moon")}
+	cb := tlv{wire.AttrChannelBinding, []byte{1, 2}}
+	many := []tlv{rid, cb}
+	for len(many) < wire.MaxAttrs-1 {
+		many = append(many, tlv{0x0100, nil})
+	}
+	tests := []struct {
+		name    string
+		ops     []string
+		replies func(id uint32) [][]byte // nil: no reply; empty: close
+		want    string
+	}{
+		{"good", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, cb)} }, goodIT},
+		{"unknown-non-critical-skipped", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, tlv{0x0100, []byte("future")}, rid, tlv{0x7fff, nil}, cb)}
+		}, goodIT},
+		{"known-with-critical-bit", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, tlv{wire.AttrRemoteID | wire.AttrCritical, []byte("moon")}, cb)}
+		}, goodIT},
+		{"first-of-a-type-counts", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, tlv{wire.AttrRemoteID, []byte("sun")}, cb)} }, goodIT},
+		{"64-attributes", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, many[:wire.MaxAttrs-2]...)} }, goodIT},
+		{"late-reply-skipped", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id+100, tlv{wire.AttrRemoteID, []byte("old")}), itReply(id, rid, cb)}
+		}, goodIT},
+		{"65-attributes", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, many...)} }, badIT},
+		{"unknown-critical", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, tlv{0x8100, []byte{1}})} }, badIT},
+		{"bad-magic", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[0] = 'X' })} }, badIT},
+		{"bad-version", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[4] = 2 })} }, badIT},
+		{"flags", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[7] = 1 })} }, badIT},
+		{"body-length", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[15]++ })} }, badIT},
+		{"short", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id)[:15]} }, badIT},
+		{"attr-overrun", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{mutate(itReply(id, rid), func(b []byte) { b[len(b)-5] = 5 })}
+		}, badIT},
+		{"trailing-bytes", []string{"it:7"}, func(id uint32) [][]byte {
+			b := append(itReply(id), 0, 1, 0)
+			binary.BigEndian.PutUint32(b[12:16], uint32(len(b)-wire.HeaderLen))
+			return [][]byte{b}
+		}, badIT},
+		{"u8-size", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypeITokenReply, id, tlv{wire.AttrIToken, u64(7)}, tlv{wire.AttrAuthMethod, []byte{0, 8}})}
+		}, badIT},
+		{"u64-size", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypeITokenReply, id, tlv{wire.AttrIToken, u64(7)[1:]})}
+		}, badIT},
+		{"string-nul", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, tlv{wire.AttrRemoteID, []byte("mo\x00on")})} }, badIT},
+		{"string-overlong-utf8", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, tlv{wire.AttrAudit, []byte{'a', 0xc0, 0x80}})} }, badIT},
+		{"string-surrogate", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, tlv{wire.AttrAudit, []byte{0xed, 0xa0, 0x80}})} }, badIT},
+		{"string-truncated-utf8", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, tlv{wire.AttrAudit, []byte{'a', 0xe2, 0x82}})} }, badIT},
+		{"string-too-long", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, tlv{wire.AttrAudit, bytes.Repeat([]byte("a"), wire.MaxString+1)})}
+		}, badIT},
+		{"blob-too-long", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, tlv{wire.AttrChannelBinding, make([]byte, wire.MaxBlob+1)})}
+		}, badIT},
+		{"datagram-too-long", []string{"it:7"}, func(id uint32) [][]byte {
+			var a []tlv
+			for i := 0; i < 9; i++ {
+				a = append(a, tlv{0x0100, make([]byte, 8000)})
+			}
+			return [][]byte{itReply(id, a...)}
+		}, badIT},
+		{"other-itoken", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypeITokenReply, id, tlv{wire.AttrIToken, u64(8)})}
+		}, badIT},
+		{"wrong-type", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{raw(wire.TypeOK, id)} }, badIT},
+		{"id-0-not-error", []string{"it:7"}, func(uint32) [][]byte { return [][]byte{itReply(0, rid)} }, badIT},
+		{"error-id-0", []string{"it:7"}, func(uint32) [][]byte {
+			return [][]byte{raw(wire.TypeError, 0, tlv{wire.AttrErrorCode, u16(uint16(wire.ErrCodeLimit))}, tlv{wire.AttrErrorText, []byte("too many clients")})}
+		}, "op=it:7\nerr=LIMIT\n"},
+		{"error-unknown-code", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypeError, id, tlv{wire.AttrErrorCode, u16(77)}, tlv{wire.AttrErrorText, []byte("new")})}
+		}, "op=it:7\nerr=77\n"},
+		{"error-without-code", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{raw(wire.TypeError, id)} }, badIT},
+		{"bool-2", []string{"q:3"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypePTokenReply, id, tlv{wire.AttrPToken, u64(1)}, tlv{wire.AttrPrivacy, []byte{2}})}
+		}, "op=q:3\nerr=BAD_REPLY\n"},
+		{"ptoken-without-handle", []string{"q:3"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypePTokenReply, id, tlv{wire.AttrPrivacy, []byte{1}})}
+		}, "op=q:3\nerr=BAD_REPLY\n"},
+		{"ptoken-minimal", []string{"q:3", "get:1"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypePTokenReply, id, tlv{wire.AttrPToken, u64(1)}, tlv{wire.AttrPrivacy, []byte{1}}, tlv{wire.AttrWhyCode, u16(99)})}
+		}, "op=q:3\npt.handle=1\npt.itoken=0\npt.protected=false\npt.privacy=true\npt.integrity=false\npt.compression=false\npt.why=99\npt.why_text=\npt.audit=\npt.label=\n" +
+			"op=get:1\npt.handle=1\npt.itoken=0\npt.protected=false\npt.privacy=true\npt.integrity=false\npt.compression=false\npt.why=99\npt.why_text=\npt.audit=\npt.label=\n"},
+		{"timeout", []string{"timeout:300", "it:7"}, func(uint32) [][]byte { return nil }, fmt.Sprintf("op=timeout:300\nop=it:7\nerr=TIMEOUT\nerrno=%d\n", syscall.EAGAIN)},
+		{"closed", []string{"it:7"}, func(uint32) [][]byte { return [][]byte{} }, "op=it:7\nerr=CLOSED\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "fake.sock")
+			ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			served := make(chan error, 1)
+			go func() { served <- fakeServe(ln, tc.replies) }()
+			f, err := os.Open(os.DevNull) // the fake does not look at the descriptor
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			got := runDriver(t, b, sock, []*os.File{f}, tc.ops)
+			if got != tc.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
+			}
+			if err := <-served; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// fakeServe answers the requests of one client with replies(id) and checks
+// that the C library encodes them correctly: a valid message, ids from 1,
+// exactly one descriptor with PTOKEN_QUERY and none otherwise.
+func fakeServe(ln *net.UnixListener, replies func(id uint32) [][]byte) error {
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf, oob := make([]byte, wire.MaxMessage+1), make([]byte, 256)
+	var want uint32 = 1
+	for {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil || n == 0 {
+			return nil // the driver is done
+		}
+		nfd := 0
+		if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				fds, _ := syscall.ParseUnixRights(&m)
+				for _, fd := range fds {
+					syscall.Close(fd)
+				}
+				nfd += len(fds)
+			}
+		}
+		m, err := wire.Decode(buf[:n])
+		if err != nil {
+			return fmt.Errorf("C request does not decode: %v", err)
+		}
+		if m.ID != want {
+			return fmt.Errorf("request id %d, want %d", m.ID, want)
+		}
+		want++
+		if wantFD := map[bool]int{true: 1, false: 0}[m.Type == wire.TypePTokenQuery]; nfd != wantFD {
+			return fmt.Errorf("%s with %d descriptors, want %d", m.Type, nfd, wantFD)
+		}
+		switch m.Type {
+		case wire.TypePTokenGet, wire.TypePTokenRelease:
+			if _, ok := m.U64(wire.AttrPToken); !ok || len(m.Attrs) != 1 {
+				return fmt.Errorf("%s attributes %v", m.Type, m.Attrs)
+			}
+		case wire.TypeITokenGet:
+			if v, ok := m.U64(wire.AttrIToken); !ok || v != 7 || len(m.Attrs) != 1 {
+				return fmt.Errorf("%s attributes %v", m.Type, m.Attrs)
+			}
+		case wire.TypePTokenQuery:
+			if len(m.Attrs) != 0 {
+				return fmt.Errorf("PTOKEN_QUERY with attributes %v", m.Attrs)
+			}
+		}
+		rs := replies(m.ID)
+		if rs == nil {
+			continue // no answer: the client times out
+		}
+		if len(rs) == 0 {
+			return nil // close
+		}
+		for _, r := range rs {
+			if _, err := c.Write(r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// TestExampleServer runs example_server against a real server and checks
+// the lines it prints for a protected client.
+func TestExampleServer(t *testing.T) {
+	b := build(t)
+	e := newEnv(t)
+	cmd := exec.Command(b.server, "0", e.sock)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func() string {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("example_server exited; stderr:\n%s", stderr.String())
+			}
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatal("no line from example_server")
+		}
+		return ""
+	}
+	var port int
+	if _, err := fmt.Sscanf(next(), "listening on %d", &port); err != nil {
+		t.Fatal(err)
+	}
+	e.facts.set(port, scenes["pkix"]) // the server side's local port
+	for _, want := range [][]string{
+		{"ptoken handle=1 protected=yes privacy=yes integrity=yes compression=yes", " auth=PKIX_INLINE ", `cert_dn="CN=moon, O=Lab"`},
+		{"ptoken handle=2 protected=yes", " auth=PKIX_INLINE "}, // handles are never reused
+	} {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		greeting, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if greeting != "hello from example_server\n" {
+			t.Fatalf("greeting %q", greeting)
+		}
+		pt, it := next(), next()
+		got := pt + "\n" + it
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				t.Errorf("example_server printed\n%s\nwithout %q", got, w)
+			}
+		}
+	}
+}

@@ -1,0 +1,713 @@
+/*
+ * ipsec_token.c - C client of obol's token API. See ipsec_token.h and
+ * tokenapi/PROTOCOL.md (the wire format); tokenapi/wire is the reference.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* MSG_CMSG_CLOEXEC, SOCK_CLOEXEC */
+#endif
+#include "ipsec_token.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Wire constants (tokenapi/wire/wire.go). */
+#define MAGIC 0x4F42544Bu
+#define HEADER_LEN 16u
+#define MAX_MESSAGE 65536u
+#define MAX_ATTRS 64u
+#define MAX_STRING 4096u
+#define MAX_BLOB 8192u
+
+enum {
+	T_PTOKEN_QUERY = 0x01,
+	T_PTOKEN_GET = 0x02,
+	T_PTOKEN_RELEASE = 0x03,
+	T_ITOKEN_GET = 0x04,
+	T_PTOKEN_REPLY = 0x81,
+	T_OK = 0x83,
+	T_ITOKEN_REPLY = 0x84,
+	T_ERROR = 0xFF
+};
+
+enum {
+	A_PTOKEN = 1, A_ITOKEN = 2, A_PROTECTED = 3, A_PRIVACY = 4,
+	A_INTEGRITY = 5, A_COMPRESSION = 6, A_AUDIT = 7, A_WHY_CODE = 8,
+	A_WHY_TEXT = 9, A_AUTH_METHOD = 10, A_CERT_DN = 11, A_CA_DN = 12,
+	A_PUBKEY_ID = 13, A_CHANNEL_BINDING = 14, A_LABEL = 15,
+	A_REMOTE_ID = 16, A_ERROR_CODE = 17, A_ERROR_TEXT = 18,
+	A_MAX_VERSION = 19,
+	A_KNOWN_MAX = 19,
+	A_CRITICAL = 0x8000
+};
+
+enum kind { K_NONE, K_U8, K_BOOL, K_U16, K_U64, K_STRING, K_BLOB };
+
+static const unsigned char attr_kind[A_KNOWN_MAX + 1] = {
+	[A_PTOKEN] = K_U64, [A_ITOKEN] = K_U64,
+	[A_PROTECTED] = K_BOOL, [A_PRIVACY] = K_BOOL, [A_INTEGRITY] = K_BOOL,
+	[A_COMPRESSION] = K_BOOL, [A_AUDIT] = K_STRING, [A_WHY_CODE] = K_U16,
+	[A_WHY_TEXT] = K_STRING, [A_AUTH_METHOD] = K_U8, [A_CERT_DN] = K_STRING,
+	[A_CA_DN] = K_STRING, [A_PUBKEY_ID] = K_STRING,
+	[A_CHANNEL_BINDING] = K_BLOB, [A_LABEL] = K_STRING,
+	[A_REMOTE_ID] = K_STRING, [A_ERROR_CODE] = K_U16,
+	[A_ERROR_TEXT] = K_STRING, [A_MAX_VERSION] = K_U8,
+};
+
+#define ERRTEXT_MAX (MAX_STRING + 128u)
+
+struct ipsec_conn {
+	int fd;
+	uint32_t next_id;
+	int last_code;
+	int last_errno;
+	char errtext[ERRTEXT_MAX];
+	unsigned char buf[MAX_MESSAGE + 1]; /* +1 detects an oversized datagram */
+};
+
+/* A decoded reply: the first value of each known attribute (critical bit
+ * ignored), pointing into conn->buf. */
+struct attr {
+	bool present;
+	const unsigned char *val;
+	size_t len;
+};
+
+struct reply {
+	uint8_t type;
+	uint32_t id;
+	struct attr a[A_KNOWN_MAX + 1];
+};
+
+/* ---- big-endian helpers ---- */
+
+static uint16_t get16(const unsigned char *p)
+{
+	return (uint16_t)(((unsigned)p[0] << 8) | (unsigned)p[1]);
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+	       ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+	return ((uint64_t)get32(p) << 32) | (uint64_t)get32(p + 4);
+}
+
+static void put16(unsigned char *p, uint16_t v)
+{
+	p[0] = (unsigned char)(v >> 8);
+	p[1] = (unsigned char)v;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
+
+/* ---- errors ---- */
+
+static int fail(ipsec_conn *c, int code, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* fail records a status on c and returns it; err is restored into errno. */
+static int fail(ipsec_conn *c, int code, int err, const char *fmt, ...)
+{
+	c->last_code = code;
+	c->last_errno = err;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(c->errtext, sizeof c->errtext, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		c->errtext[0] = '\0';
+	if (err != 0)
+		errno = err;
+	return code;
+}
+
+static int sys_fail(ipsec_conn *c, const char *what)
+{
+	int err = errno;
+	if (err == EAGAIN || err == EWOULDBLOCK)
+		return fail(c, IPSEC_E_TIMEOUT, err, "token API: %s: timed out", what);
+	return fail(c, IPSEC_E_SYSTEM, err, "token API: %s: %s", what, strerror(err));
+}
+
+static int ok(ipsec_conn *c)
+{
+	c->last_code = IPSEC_OK;
+	c->last_errno = 0;
+	c->errtext[0] = '\0';
+	return IPSEC_OK;
+}
+
+/* ---- connection ---- */
+
+ipsec_conn *ipsec_token_open(const char *socket_path)
+{
+	if (socket_path == NULL)
+		socket_path = IPSEC_TOKEN_DEFAULT_SOCKET;
+	struct sockaddr_un sun;
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	size_t plen = strlen(socket_path);
+	if (plen == 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (plen >= sizeof sun.sun_path) {
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	memcpy(sun.sun_path, socket_path, plen + 1);
+
+	ipsec_conn *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return NULL; /* errno ENOMEM */
+	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		int err = errno;
+		free(c);
+		errno = err;
+		return NULL;
+	}
+	if (ipsec_token_set_timeout(c, IPSEC_TOKEN_DEFAULT_TIMEOUT_MS) != IPSEC_OK) {
+		int err = errno;
+		ipsec_token_close(c);
+		errno = err;
+		return NULL;
+	}
+	int r;
+	do {
+		r = connect(c->fd, (const struct sockaddr *)&sun, (socklen_t)sizeof sun);
+	} while (r < 0 && errno == EINTR);
+	if (r < 0) {
+		int err = errno;
+		ipsec_token_close(c);
+		errno = err;
+		return NULL;
+	}
+	return c;
+}
+
+void ipsec_token_close(ipsec_conn *conn)
+{
+	if (conn == NULL)
+		return;
+	int err = errno;
+	if (conn->fd >= 0)
+		close(conn->fd);
+	free(conn);
+	errno = err;
+}
+
+int ipsec_token_set_timeout(ipsec_conn *conn, unsigned int timeout_ms)
+{
+	if (conn == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct timeval tv;
+	tv.tv_sec = (time_t)(timeout_ms / 1000u);
+	tv.tv_usec = (suseconds_t)((timeout_ms % 1000u) * 1000u);
+	if (setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+	    setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+		return sys_fail(conn, "setsockopt timeout");
+	return ok(conn);
+}
+
+int ipsec_token_errcode(const ipsec_conn *conn) { return conn ? conn->last_code : IPSEC_E_INVALID; }
+int ipsec_token_errno(const ipsec_conn *conn) { return conn ? conn->last_errno : EINVAL; }
+const char *ipsec_token_errtext(const ipsec_conn *conn) { return conn ? conn->errtext : ""; }
+
+/* ---- decoding ---- */
+
+/* utf8_valid accepts exactly what Go's utf8.Valid accepts: no overlong
+ * forms, no surrogates, nothing above U+10FFFF. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned char b = s[i];
+		if (b < 0x80) {
+			i++;
+			continue;
+		}
+		size_t need;
+		unsigned char lo = 0x80, hi = 0xBF;
+		if (b >= 0xC2 && b <= 0xDF) {
+			need = 1;
+		} else if (b >= 0xE0 && b <= 0xEF) {
+			need = 2;
+			if (b == 0xE0)
+				lo = 0xA0;
+			else if (b == 0xED)
+				hi = 0x9F;
+		} else if (b >= 0xF0 && b <= 0xF4) {
+			need = 3;
+			if (b == 0xF0)
+				lo = 0x90;
+			else if (b == 0xF4)
+				hi = 0x8F;
+		} else {
+			return false;
+		}
+		if (n - i - 1 < need)
+			return false;
+		if (s[i + 1] < lo || s[i + 1] > hi)
+			return false;
+		for (size_t k = 2; k <= need; k++)
+			if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+				return false;
+		i += need + 1;
+	}
+	return true;
+}
+
+/* decode checks the whole datagram buf[0:n] strictly and fills r. */
+static int decode(ipsec_conn *c, size_t n, struct reply *r)
+{
+	const unsigned char *b = c->buf;
+	memset(r, 0, sizeof *r);
+	if (n < HEADER_LEN)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: %zu bytes, shorter than the header", n);
+	if (n > MAX_MESSAGE)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: longer than %u bytes", MAX_MESSAGE);
+	if (get32(b) != MAGIC)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: magic 0x%08x", (unsigned)get32(b));
+	if (b[4] != IPSEC_TOKEN_PROTOCOL_VERSION)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: version %u", (unsigned)b[4]);
+	if (get16(b + 6) != 0)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: flags 0x%04x", (unsigned)get16(b + 6));
+	if ((uint64_t)get32(b + 12) != (uint64_t)(n - HEADER_LEN))
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: body length %u, %zu bytes follow",
+			    (unsigned)get32(b + 12), n - HEADER_LEN);
+	r->type = b[5];
+	r->id = get32(b + 8);
+
+	size_t off = HEADER_LEN, count = 0;
+	while (off < n) {
+		if (count == MAX_ATTRS)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: more than %u attributes", MAX_ATTRS);
+		count++;
+		if (n - off < 4)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: %zu trailing bytes", n - off);
+		uint16_t t = get16(b + off);
+		size_t len = get16(b + off + 2);
+		off += 4;
+		if (n - off < len)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u says %zu bytes, %zu left",
+				    (unsigned)t, len, n - off);
+		const unsigned char *v = b + off;
+		off += len;
+		unsigned base = (unsigned)t & ~(unsigned)A_CRITICAL;
+		enum kind k = base <= A_KNOWN_MAX ? (enum kind)attr_kind[base] : K_NONE;
+		if (k == K_NONE) {
+			if (t & A_CRITICAL)
+				return fail(c, IPSEC_E_BAD_REPLY, 0,
+					    "token API: bad reply: unknown critical attribute 0x%04x", (unsigned)t);
+			continue; /* unknown, not critical: skipped */
+		}
+		switch (k) {
+		case K_STRING:
+			if (len > MAX_STRING)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: string of %zu bytes",
+					    base, len);
+			if (memchr(v, 0, len) != NULL)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: string contains NUL", base);
+			if (!utf8_valid(v, len))
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: string is not UTF-8", base);
+			break;
+		case K_BLOB:
+			if (len > MAX_BLOB)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: %zu bytes", base, len);
+			break;
+		default: {
+			size_t want = k == K_U16 ? 2 : k == K_U64 ? 8 : 1;
+			if (len != want)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: %zu bytes, want %zu",
+					    base, len, want);
+			if (k == K_BOOL && v[0] > 1)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: boolean %u",
+					    base, (unsigned)v[0]);
+		}
+		}
+		if (!r->a[base].present) { /* the first of a type counts */
+			r->a[base].present = true;
+			r->a[base].val = v;
+			r->a[base].len = len;
+		}
+	}
+	return IPSEC_OK;
+}
+
+static uint64_t a_u64(const struct reply *r, int t) { return r->a[t].present ? get64(r->a[t].val) : 0; }
+static unsigned a_u16(const struct reply *r, int t) { return r->a[t].present ? get16(r->a[t].val) : 0; }
+static unsigned a_u8(const struct reply *r, int t) { return r->a[t].present ? r->a[t].val[0] : 0; }
+static bool a_bool(const struct reply *r, int t) { return r->a[t].present && r->a[t].val[0] == 1; }
+
+/* ---- round trip ---- */
+
+/* roundtrip sends one request with up to 2 attributes' worth of body (one u64)
+ * and, when fd >= 0, the descriptor in SCM_RIGHTS; it reads the reply to it,
+ * skipping late replies to earlier abandoned requests, and checks its type. */
+static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, int fd,
+		     uint8_t want, struct reply *r)
+{
+	unsigned char req[HEADER_LEN + 12];
+	size_t len = HEADER_LEN;
+	c->next_id++;
+	if (c->next_id == 0) /* 0 means "not an answer"; never use it */
+		c->next_id = 1;
+	uint32_t id = c->next_id;
+	put32(req, MAGIC);
+	req[4] = IPSEC_TOKEN_PROTOCOL_VERSION;
+	req[5] = type;
+	put16(req + 6, 0);
+	put32(req + 8, id);
+	if (attr != 0) {
+		put16(req + len, attr);
+		put16(req + len + 2, 8);
+		put64(req + len + 4, val);
+		len += 12;
+	}
+	put32(req + 12, (uint32_t)(len - HEADER_LEN));
+
+	struct iovec iov = { .iov_base = req, .iov_len = len };
+	struct msghdr mh;
+	memset(&mh, 0, sizeof mh);
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	if (fd >= 0) {
+		memset(&cm, 0, sizeof cm);
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof cm.buf;
+		struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(h), &fd, sizeof fd);
+	}
+	ssize_t s;
+	do {
+		s = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+	} while (s < 0 && errno == EINTR);
+	if (s < 0)
+		return sys_fail(c, "send request");
+	if ((size_t)s != len)
+		return fail(c, IPSEC_E_SYSTEM, EMSGSIZE, "token API: short send");
+
+	for (;;) {
+		union {
+			char buf[CMSG_SPACE(4 * sizeof(int))];
+			struct cmsghdr align;
+		} rcm;
+		struct iovec riov = { .iov_base = c->buf, .iov_len = sizeof c->buf };
+		struct msghdr rh;
+		memset(&rh, 0, sizeof rh);
+		rh.msg_iov = &riov;
+		rh.msg_iovlen = 1;
+		rh.msg_control = rcm.buf;
+		rh.msg_controllen = sizeof rcm.buf;
+		ssize_t n;
+		do {
+			n = recvmsg(c->fd, &rh, MSG_CMSG_CLOEXEC);
+		} while (n < 0 && errno == EINTR);
+		if (n < 0)
+			return sys_fail(c, "read reply");
+		/* obold never sends descriptors; close any so none leak. */
+		for (struct cmsghdr *h = CMSG_FIRSTHDR(&rh); h != NULL; h = CMSG_NXTHDR(&rh, h)) {
+			if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS || h->cmsg_len < CMSG_LEN(0))
+				continue;
+			size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < nfd; i++) {
+				int rfd;
+				memcpy(&rfd, CMSG_DATA(h) + i * sizeof(int), sizeof rfd);
+				close(rfd);
+			}
+		}
+		if (n == 0)
+			return fail(c, IPSEC_E_CLOSED, 0, "token API: obold closed the connection");
+		if (rh.msg_flags & MSG_TRUNC)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: longer than %u bytes", MAX_MESSAGE);
+		int rc = decode(c, (size_t)n, r);
+		if (rc != IPSEC_OK)
+			return rc;
+		if (r->id != id && r->id != 0)
+			continue; /* a late reply to an abandoned request */
+		if (r->type == T_ERROR) {
+			unsigned code = a_u16(r, A_ERROR_CODE);
+			if (code == 0)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: ERROR without ERROR_CODE");
+			const struct attr *t = &r->a[A_ERROR_TEXT];
+			return fail(c, (int)code, 0, "%.*s", t->present ? (int)t->len : 0,
+				    t->present ? (const char *)t->val : "");
+		}
+		if (r->id == 0)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: type 0x%02x with id 0", (unsigned)r->type);
+		if (r->type != want)
+			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: type 0x%02x, want 0x%02x",
+				    (unsigned)r->type, (unsigned)want);
+		return IPSEC_OK;
+	}
+}
+
+/* ---- storage of strings ---- */
+
+/* A token's strings and bytes live in one allocation. */
+struct store {
+	char *mem;
+	size_t off, size;
+};
+
+static size_t need(const struct reply *r, int t) { return r->a[t].present ? r->a[t].len + 1 : 1; }
+
+static const char *put_str(struct store *s, const struct reply *r, int t)
+{
+	char *p = s->mem + s->off;
+	size_t len = r->a[t].present ? r->a[t].len : 0;
+	if (len > 0)
+		memcpy(p, r->a[t].val, len);
+	p[len] = '\0';
+	s->off += len + 1;
+	return p;
+}
+
+static int decode_ptoken(ipsec_conn *c, const struct reply *r, ipsec_ptoken_handle want, ipsec_ptoken *out)
+{
+	if (!r->a[A_PTOKEN].present || a_u64(r, A_PTOKEN) == 0)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: PTOKEN_REPLY without a pToken handle");
+	if (want != 0 && a_u64(r, A_PTOKEN) != want)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: pToken %llu, asked for %llu",
+			    (unsigned long long)a_u64(r, A_PTOKEN), (unsigned long long)want);
+	struct store s = { .size = need(r, A_WHY_TEXT) + need(r, A_AUDIT) + need(r, A_LABEL) };
+	s.mem = malloc(s.size);
+	if (s.mem == NULL)
+		return fail(c, IPSEC_E_SYSTEM, ENOMEM, "token API: out of memory");
+	out->handle = a_u64(r, A_PTOKEN);
+	out->itoken = a_u64(r, A_ITOKEN);
+	out->is_protected = a_bool(r, A_PROTECTED);
+	out->privacy_protected = a_bool(r, A_PRIVACY);
+	out->integrity_protected = a_bool(r, A_INTEGRITY);
+	out->compression_available = a_bool(r, A_COMPRESSION);
+	out->why = (int)a_u16(r, A_WHY_CODE);
+	out->why_text = put_str(&s, r, A_WHY_TEXT);
+	out->audit = put_str(&s, r, A_AUDIT);
+	out->label = put_str(&s, r, A_LABEL);
+	out->mem_ = s.mem;
+	return ok(c);
+}
+
+/* ---- requests ---- */
+
+int ipsec_ptoken_get(ipsec_conn *conn, int sockfd, ipsec_ptoken *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	if (sockfd < 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: invalid socket descriptor %d", sockfd);
+	struct reply r;
+	int rc = roundtrip(conn, T_PTOKEN_QUERY, 0, 0, sockfd, T_PTOKEN_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	return decode_ptoken(conn, &r, 0, out);
+}
+
+int ipsec_ptoken_lookup(ipsec_conn *conn, ipsec_ptoken_handle handle, ipsec_ptoken *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct reply r;
+	int rc = roundtrip(conn, T_PTOKEN_GET, A_PTOKEN, handle, -1, T_PTOKEN_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	return decode_ptoken(conn, &r, handle, out);
+}
+
+int ipsec_ptoken_release(ipsec_conn *conn, ipsec_ptoken_handle handle)
+{
+	if (conn == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct reply r;
+	int rc = roundtrip(conn, T_PTOKEN_RELEASE, A_PTOKEN, handle, -1, T_OK, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	return ok(conn);
+}
+
+int ipsec_itoken_get(ipsec_conn *conn, ipsec_itoken_handle handle, ipsec_itoken *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct reply r;
+	int rc = roundtrip(conn, T_ITOKEN_GET, A_ITOKEN, handle, -1, T_ITOKEN_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	if (!r.a[A_ITOKEN].present || a_u64(&r, A_ITOKEN) != handle)
+		return fail(conn, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: ITOKEN_REPLY for another iToken");
+	const struct attr *cb = &r.a[A_CHANNEL_BINDING];
+	size_t cblen = cb->present ? cb->len : 0;
+	struct store s = { .size = cblen + need(&r, A_REMOTE_ID) + need(&r, A_CERT_DN) + need(&r, A_CA_DN) +
+				   need(&r, A_PUBKEY_ID) + need(&r, A_AUDIT) };
+	s.mem = malloc(s.size);
+	if (s.mem == NULL)
+		return fail(conn, IPSEC_E_SYSTEM, ENOMEM, "token API: out of memory");
+	out->handle = handle;
+	out->auth_method = (int)a_u8(&r, A_AUTH_METHOD);
+	if (cblen > 0) {
+		memcpy(s.mem, cb->val, cblen);
+		out->channel_binding = (const unsigned char *)s.mem;
+		out->channel_binding_len = cblen;
+		s.off = cblen;
+	}
+	out->remote_id = put_str(&s, &r, A_REMOTE_ID);
+	out->cert_dn = put_str(&s, &r, A_CERT_DN);
+	out->ca_dn = put_str(&s, &r, A_CA_DN);
+	out->pubkey_id = put_str(&s, &r, A_PUBKEY_ID);
+	out->audit = put_str(&s, &r, A_AUDIT);
+	out->mem_ = s.mem;
+	return ok(conn);
+}
+
+void ipsec_ptoken_free(ipsec_ptoken *pt)
+{
+	if (pt == NULL)
+		return;
+	free(pt->mem_);
+	memset(pt, 0, sizeof *pt);
+}
+
+void ipsec_itoken_free(ipsec_itoken *it)
+{
+	if (it == NULL)
+		return;
+	free(it->mem_);
+	memset(it, 0, sizeof *it);
+}
+
+/* ---- names ---- */
+
+static const char *const status_names[] = {
+	[IPSEC_OK] = "OK",
+	[IPSEC_E_BAD_MESSAGE] = "BAD_MESSAGE",
+	[IPSEC_E_UNSUPPORTED_VERSION] = "UNSUPPORTED_VERSION",
+	[IPSEC_E_UNKNOWN_TYPE] = "UNKNOWN_TYPE",
+	[IPSEC_E_NO_FD] = "NO_FD",
+	[IPSEC_E_TOO_MANY_FDS] = "TOO_MANY_FDS",
+	[IPSEC_E_NOT_SOCKET] = "NOT_SOCKET",
+	[IPSEC_E_NOT_INET] = "NOT_INET",
+	[IPSEC_E_NOT_CONNECTED] = "NOT_CONNECTED",
+	[IPSEC_E_UNSUPPORTED_PROTOCOL] = "UNSUPPORTED_PROTOCOL",
+	[IPSEC_E_UNKNOWN_HANDLE] = "UNKNOWN_HANDLE",
+	[IPSEC_E_LIMIT] = "LIMIT",
+	[IPSEC_E_UNAVAILABLE] = "UNAVAILABLE",
+	[IPSEC_E_INTERNAL] = "INTERNAL",
+	[IPSEC_E_DENIED] = "DENIED",
+};
+
+static const char *const local_names[] = { "SYSTEM", "TIMEOUT", "CLOSED", "BAD_REPLY", "INVALID" };
+
+static const char *const status_texts[] = {
+	[IPSEC_OK] = "IPSEC_OK: success",
+	[IPSEC_E_BAD_MESSAGE] = "IPSEC_E_BAD_MESSAGE: obold could not decode the request",
+	[IPSEC_E_UNSUPPORTED_VERSION] = "IPSEC_E_UNSUPPORTED_VERSION: obold does not speak this protocol version",
+	[IPSEC_E_UNKNOWN_TYPE] = "IPSEC_E_UNKNOWN_TYPE: obold does not know this request",
+	[IPSEC_E_NO_FD] = "IPSEC_E_NO_FD: no socket was passed",
+	[IPSEC_E_TOO_MANY_FDS] = "IPSEC_E_TOO_MANY_FDS: pass exactly one socket, only with a pToken query",
+	[IPSEC_E_NOT_SOCKET] = "IPSEC_E_NOT_SOCKET: the descriptor is not a socket",
+	[IPSEC_E_NOT_INET] = "IPSEC_E_NOT_INET: the socket is not IPv4 or IPv6",
+	[IPSEC_E_NOT_CONNECTED] = "IPSEC_E_NOT_CONNECTED: the socket is not connected",
+	[IPSEC_E_UNSUPPORTED_PROTOCOL] = "IPSEC_E_UNSUPPORTED_PROTOCOL: only TCP, UDP and SCTP sockets",
+	[IPSEC_E_UNKNOWN_HANDLE] = "IPSEC_E_UNKNOWN_HANDLE: no such token on this connection",
+	[IPSEC_E_LIMIT] = "IPSEC_E_LIMIT: too many pTokens or connections",
+	[IPSEC_E_UNAVAILABLE] = "IPSEC_E_UNAVAILABLE: IPsec state unavailable, retry later",
+	[IPSEC_E_INTERNAL] = "IPSEC_E_INTERNAL: obold failed, see its log",
+	[IPSEC_E_DENIED] = "IPSEC_E_DENIED: this user may not use the token API",
+};
+
+static const char *const local_texts[] = {
+	"IPSEC_E_SYSTEM: a system call failed (see errno)",
+	"IPSEC_E_TIMEOUT: no reply from obold in time",
+	"IPSEC_E_CLOSED: obold closed the connection",
+	"IPSEC_E_BAD_REPLY: malformed or unexpected reply from obold",
+	"IPSEC_E_INVALID: invalid argument",
+};
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+const char *ipsec_status_name(int code)
+{
+	if (code >= 0 && (size_t)code < NELEM(status_names))
+		return status_names[code];
+	if (code >= IPSEC_E_SYSTEM && (size_t)(code - IPSEC_E_SYSTEM) < NELEM(local_names))
+		return local_names[code - IPSEC_E_SYSTEM];
+	return NULL;
+}
+
+const char *ipsec_strerror(int code)
+{
+	if (code >= 0 && (size_t)code < NELEM(status_texts))
+		return status_texts[code];
+	if (code >= IPSEC_E_SYSTEM && (size_t)(code - IPSEC_E_SYSTEM) < NELEM(local_texts))
+		return local_texts[code - IPSEC_E_SYSTEM];
+	return "unknown token API error";
+}
+
+const char *ipsec_auth_method_name(int method)
+{
+	static const char *const names[] = {
+		"NONE", "BTNS", "LEAPOFFAITH", "PRESHAREDKEY", "GROUPKEY", "XAUTH", "EAP",
+		"PKIX_TRUSTED", "PKIX_INLINE", "PKIX_OFFLINE", "DNSSEC",
+	};
+	if (method >= 0 && (size_t)method < NELEM(names))
+		return names[method];
+	return NULL;
+}
+
+const char *ipsec_why_name(int why)
+{
+	static const char *const names[] = {
+		"NONE", "NO_POLICY", "NO_SA", "NEGOTIATION_FAILED", "AUTH_FAILED", "LABEL_DENIED",
+		"OE_NO_RECORDS", "OE_UNUSABLE", "LOCAL", "BLOCKED", "UNKNOWN",
+	};
+	if (why >= 0 && (size_t)why < NELEM(names))
+		return names[why];
+	return NULL;
+}

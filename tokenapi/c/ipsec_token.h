@@ -1,0 +1,199 @@
+/*
+ * ipsec_token.h - C client of obol's token API (tokenapi/PROTOCOL.md).
+ *
+ * An application hands obold one of its own connected sockets over a unix
+ * SOCK_SEQPACKET socket (SCM_RIGHTS) and learns HOW the flow is protected
+ * (pToken), WHO the authenticated peer is (iToken) and WHY a flow is not
+ * protected. Names follow specs/btns-abstract-api.txt: ipsec_ for functions
+ * and types, IPSEC_ for macros and enumerations.
+ *
+ * libc only, C99/C11, Linux.
+ *
+ * Thread safety: an ipsec_conn is NOT safe for concurrent use. Use one
+ * connection per thread, or serialize all calls on a shared connection with
+ * a mutex. Distinct connections are independent. ipsec_strerror,
+ * ipsec_auth_method_name and ipsec_why_name are thread-safe (static strings).
+ *
+ * Lifetimes: a pToken lives on obold until ipsec_ptoken_release or until
+ * its connection is closed (the connection is the pToken's scope). The
+ * strings and bytes in an ipsec_ptoken / ipsec_itoken are owned by that
+ * struct and valid until ipsec_ptoken_free / ipsec_itoken_free, whatever
+ * happens to the connection.
+ */
+#ifndef IPSEC_TOKEN_H
+#define IPSEC_TOKEN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IPSEC_TOKEN_DEFAULT_SOCKET "/run/obol/token.sock"
+#define IPSEC_TOKEN_DEFAULT_TIMEOUT_MS 5000
+#define IPSEC_TOKEN_PROTOCOL_VERSION 1
+
+/* Status codes. 0 is success; 1..14 are the protocol's ERROR_CODE values
+ * (obold refused the request); 256 and up are this library's own. A server
+ * may send a code this header does not know: it is returned as is. */
+enum ipsec_status {
+	IPSEC_OK = 0,
+	IPSEC_E_BAD_MESSAGE = 1,          /* obold could not decode our request */
+	IPSEC_E_UNSUPPORTED_VERSION = 2,
+	IPSEC_E_UNKNOWN_TYPE = 3,
+	IPSEC_E_NO_FD = 4,
+	IPSEC_E_TOO_MANY_FDS = 5,
+	IPSEC_E_NOT_SOCKET = 6,
+	IPSEC_E_NOT_INET = 7,
+	IPSEC_E_NOT_CONNECTED = 8,
+	IPSEC_E_UNSUPPORTED_PROTOCOL = 9,
+	IPSEC_E_UNKNOWN_HANDLE = 10,
+	IPSEC_E_LIMIT = 11,
+	IPSEC_E_UNAVAILABLE = 12,
+	IPSEC_E_INTERNAL = 13,
+	IPSEC_E_DENIED = 14,
+
+	IPSEC_E_SYSTEM = 256,   /* a system call failed; errno says why */
+	IPSEC_E_TIMEOUT = 257,  /* no reply within the timeout; errno EAGAIN */
+	IPSEC_E_CLOSED = 258,   /* obold closed the connection */
+	IPSEC_E_BAD_REPLY = 259, /* obold's reply is malformed or unexpected */
+	IPSEC_E_INVALID = 260   /* bad argument; errno EINVAL */
+};
+
+/* authenticationMethod (AUTH_METHOD wire values). */
+enum ipsec_auth_method {
+	IPSEC_AUTH_NONE = 0,
+	IPSEC_AUTH_BTNS = 1,
+	IPSEC_AUTH_LEAPOFFAITH = 2,
+	IPSEC_AUTH_PRESHAREDKEY = 3,
+	IPSEC_AUTH_GROUPKEY = 4,
+	IPSEC_AUTH_XAUTH = 5,
+	IPSEC_AUTH_EAP = 6,
+	IPSEC_AUTH_PKIX_TRUSTED = 7,
+	IPSEC_AUTH_PKIX_INLINE = 8,
+	IPSEC_AUTH_PKIX_OFFLINE = 9,
+	IPSEC_AUTH_DNSSEC = 10
+};
+
+/* WHY a flow is not protected (WHY_CODE wire values). */
+enum ipsec_why {
+	IPSEC_WHY_NONE = 0, /* the flow is protected */
+	IPSEC_WHY_NO_POLICY = 1,
+	IPSEC_WHY_NO_SA = 2,
+	IPSEC_WHY_NEGOTIATION_FAILED = 3,
+	IPSEC_WHY_AUTH_FAILED = 4,
+	IPSEC_WHY_LABEL_DENIED = 5,
+	IPSEC_WHY_OE_NO_RECORDS = 6,
+	IPSEC_WHY_OE_UNUSABLE = 7,
+	IPSEC_WHY_LOCAL = 8,
+	IPSEC_WHY_BLOCKED = 9,
+	IPSEC_WHY_UNKNOWN = 10
+};
+
+/* A pToken handle names a pToken on one connection only (from 1). */
+typedef uint64_t ipsec_ptoken_handle;
+/* An iToken handle names a peer on this host while obold runs; 0 = none. */
+typedef uint64_t ipsec_itoken_handle;
+
+/* One connection to obold: the scope of its pTokens. Opaque. */
+typedef struct ipsec_conn ipsec_conn;
+
+/* HOW a socket's flow is protected. String members are never NULL ("" when
+ * absent), NUL-terminated UTF-8 without embedded NUL. */
+typedef struct ipsec_ptoken {
+	ipsec_ptoken_handle handle;
+	ipsec_itoken_handle itoken;  /* 0: no authenticated peer */
+	bool is_protected;           /* an SA covers the flow (may lack privacy) */
+	bool privacy_protected;      /* privacyProtected */
+	bool integrity_protected;    /* integrityProtected */
+	bool compression_available;  /* compressionAvailable */
+	int why;                     /* enum ipsec_why; IPSEC_WHY_NONE if protected */
+	const char *why_text;        /* why, for people */
+	const char *audit;           /* auditString; no structure may be assumed */
+	const char *label;           /* the SA's security label */
+	void *mem_;                  /* private: storage of the strings */
+} ipsec_ptoken;
+
+/* WHO the peer is. String members are never NULL ("" when absent). */
+typedef struct ipsec_itoken {
+	ipsec_itoken_handle handle;
+	int auth_method;               /* enum ipsec_auth_method (or a newer value) */
+	const char *remote_id;         /* the peer's IKE identity */
+	const char *cert_dn;           /* certificateDN */
+	const char *ca_dn;             /* certificateAuthorityDN */
+	const char *pubkey_id;         /* pubKeyID: 9 base64 characters */
+	const char *audit;             /* auditString */
+	const unsigned char *channel_binding; /* NULL when absent */
+	size_t channel_binding_len;
+	void *mem_;                    /* private: storage */
+} ipsec_itoken;
+
+/*
+ * Connects to obold's token API socket (NULL: IPSEC_TOKEN_DEFAULT_SOCKET).
+ * Receive and send timeouts are IPSEC_TOKEN_DEFAULT_TIMEOUT_MS. Returns NULL
+ * with errno set on failure (ENOENT/ECONNREFUSED: obold is not running with
+ * [tokenapi] enabled; ENAMETOOLONG: path too long; EINVAL: empty path).
+ */
+ipsec_conn *ipsec_token_open(const char *socket_path);
+
+/* Closes the connection; obold frees all its pTokens. NULL is a no-op.
+ * errno is preserved. */
+void ipsec_token_close(ipsec_conn *conn);
+
+/* Sets the per-request timeout (SO_RCVTIMEO and SO_SNDTIMEO); 0 waits
+ * forever. Returns IPSEC_OK, IPSEC_E_INVALID or IPSEC_E_SYSTEM. */
+int ipsec_token_set_timeout(ipsec_conn *conn, unsigned int timeout_ms);
+
+/*
+ * All request functions below return IPSEC_OK or a status code, and keep
+ * the last status, errno and a text on the connection:
+ *   - IPSEC_E_SYSTEM / IPSEC_E_TIMEOUT: errno is set to the failing call's
+ *     errno when the function returns (and kept in ipsec_token_errno);
+ *   - a protocol code: ipsec_token_errtext is obold's ERROR_TEXT;
+ *   - IPSEC_E_BAD_REPLY: ipsec_token_errtext says what was wrong.
+ * On failure *out is zeroed (and needs no free).
+ */
+
+/* PTOKEN_QUERY: passes sockfd (a connected TCP, UDP or SCTP socket) to obold
+ * with SCM_RIGHTS; obold reads its addresses and closes its copy. sockfd
+ * stays open and usable in the caller. Free *out with ipsec_ptoken_free. */
+int ipsec_ptoken_get(ipsec_conn *conn, int sockfd, ipsec_ptoken *out);
+
+/* PTOKEN_GET: the same pToken again, by handle. */
+int ipsec_ptoken_lookup(ipsec_conn *conn, ipsec_ptoken_handle handle, ipsec_ptoken *out);
+
+/* PTOKEN_RELEASE: frees the pToken on obold (the handle is never reused on
+ * this connection). Does not free local memory: see ipsec_ptoken_free. */
+int ipsec_ptoken_release(ipsec_conn *conn, ipsec_ptoken_handle handle);
+
+/* ITOKEN_GET: the peer behind an iToken that one of this connection's live
+ * pTokens carries (else IPSEC_E_UNKNOWN_HANDLE). Free with ipsec_itoken_free. */
+int ipsec_itoken_get(ipsec_conn *conn, ipsec_itoken_handle handle, ipsec_itoken *out);
+
+/* Free local memory of a token and zero it. NULL and zeroed structs are fine. */
+void ipsec_ptoken_free(ipsec_ptoken *pt);
+void ipsec_itoken_free(ipsec_itoken *it);
+
+/* The last request's status, errno (0 unless IPSEC_E_SYSTEM/TIMEOUT) and
+ * text ("" after success). The text is valid until the next call on conn. */
+int ipsec_token_errcode(const ipsec_conn *conn);
+int ipsec_token_errno(const ipsec_conn *conn);
+const char *ipsec_token_errtext(const ipsec_conn *conn);
+
+/* "IPSEC_E_UNKNOWN_HANDLE: ..." style description of a status code. Never
+ * NULL; unknown codes give "unknown token API error". */
+const char *ipsec_strerror(int code);
+/* The protocol's name of a status code ("UNKNOWN_HANDLE", "SYSTEM", ...), or
+ * NULL when unknown. */
+const char *ipsec_status_name(int code);
+/* "DNSSEC", "PKIX_INLINE", ...; NULL for an unknown value. */
+const char *ipsec_auth_method_name(int method);
+/* "NO_SA", ...; "NONE" for 0; NULL for an unknown value. */
+const char *ipsec_why_name(int why);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* IPSEC_TOKEN_H */
