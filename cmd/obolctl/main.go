@@ -33,6 +33,7 @@ Commands:
   records             the DNS records to publish for this host's OE key (offline, from the config)
   labels check FILE   which labels may use which entry of FILE's [labels], and why
   labels request ...  ask obold for an SA for a labeled flow (as a labeled ACQUIRE would)
+  token ...           how a socket's traffic is protected and who the peer is (token API)
 
 Run "obolctl COMMAND --help" for a command's flags.
 
@@ -90,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = e.oe(rest)
 	case "xfrm":
 		err = e.xfrm(rest)
+	case "token":
+		err = e.token(rest)
 	case "lookup":
 		err = e.lookup(rest)
 	case "records":

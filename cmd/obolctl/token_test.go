@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/wire"
+)
+
+// portFacts answers by the flow's remote port; other flows have no policy.
+type portFacts struct {
+	mu     sync.Mutex
+	byPort map[uint16]tokenapi.Protection
+}
+
+func (f *portFacts) Protection(_ context.Context, fl tokenapi.Flow) (tokenapi.Protection, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.byPort[fl.Remote.Port()]; ok {
+		return p, nil
+	}
+	return tokenapi.Protection{Why: wire.ReasonNoPolicy, WhyText: "no conn covers " + fl.Remote.String()}, nil
+}
+
+var tokenPeer = tokenapi.Peer{
+	RemoteID: "CN=moon",
+	PeerKey:  tokenapi.PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{0xA}, 32)},
+	OurKey:   tokenapi.PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{0x1}, 32)},
+	Evidence: tokenapi.Evidence{ConnClass: "public key", TrustedCADN: "CN=Lab CA", PeerCertDN: "CN=moon"},
+}
+
+// startTokenAPI serves the token API on a temp socket with two loopback
+// listeners: "esp" (protected by AES-GCM, peer CN=moon) and "clear" (no SA
+// yet). It returns the socket path and the listeners' addresses.
+func startTokenAPI(t *testing.T) (sock string, addrs map[string]string) {
+	t.Helper()
+	facts := &portFacts{byPort: map[uint16]tokenapi.Protection{}}
+	scen := map[string]tokenapi.Protection{
+		"esp": {Protected: true, Peer: tokenPeer, Child: tokenapi.Child{IKEName: "moon", Name: "net", Protocol: "ESP", Mode: "TUNNEL",
+			EncrAlg: "AES_GCM_16", EncrKey: 256, IPComp: true, Label: "system_u:object_r:web_t:s0"}},
+		"clear": {Why: wire.ReasonNoSA, WhyText: "trap installed, IKE_SA negotiating"},
+	}
+	addrs = map[string]string{}
+	for name, p := range scen {
+		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+		}()
+		addrs[name] = ln.Addr().String()
+		facts.byPort[uint16(ln.Addr().(*net.TCPAddr).Port)] = p
+	}
+	sock = filepath.Join(t.TempDir(), "token.sock")
+	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: sock}, facts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return sock, addrs
+}
+
+// connFD dials addr and returns the connection's descriptor number in this
+// process; the connection lives until the test ends.
+func connFD(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd uintptr
+	if err := rc.Control(func(f uintptr) { fd = f }); err != nil {
+		t.Fatal(err)
+	}
+	return strconv.Itoa(int(fd))
+}
+
+func TestTokenCLI(t *testing.T) {
+	sock, addrs := startTokenAPI(t)
+	pid := strconv.Itoa(os.Getpid())
+	espFD, clearFD := connFD(t, addrs["esp"]), connFD(t, addrs["clear"])
+	f, err := os.Open("token_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fileFD := strconv.Itoa(int(f.Fd()))
+
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout []string
+		stderr string
+		json   *tokenReport // when set, stdout is JSON equal to it but for addresses and handles
+	}{
+		{"usage", []string{"token"}, 2, nil, "obolctl token connect HOST:PORT", nil},
+		{"help", []string{"token", "--help"}, 0, nil, "who the\nauthenticated peer is", nil},
+		{"unknown sub", []string{"token", "frob"}, 2, nil, "Usage:", nil},
+		{"connect help", []string{"token", "connect", "--help"}, 0, nil, "--token-socket PATH", nil},
+		{"connect no target", []string{"token", "connect", "--token-socket", sock}, 2, nil, "Usage: obolctl token connect", nil},
+		{"connect two targets", []string{"token", "connect", addrs["esp"], addrs["clear"]}, 2, nil, "unexpected argument", nil},
+		{"connect not host:port", []string{"token", "connect", "127.0.0.1", "--token-socket", sock}, 1, nil, `"127.0.0.1" is not HOST:PORT`, nil},
+		{"connect esp json", []string{"token", "connect", addrs["esp"], "--token-socket", sock, "--json"}, 0, nil, "", &tokenReport{
+			PToken: pTokenReport{Protected: true, Privacy: true, Integrity: true, Compression: true, Label: "system_u:object_r:web_t:s0"},
+			IToken: &iTokenReport{AuthMethod: "PKIX_INLINE", RemoteID: "CN=moon", CertDN: "CN=moon", CADN: "CN=Lab CA"},
+		}},
+		{"connect clear json", []string{"token", "connect", "--json", "--token-socket", sock, addrs["clear"]}, 0, nil, "", &tokenReport{
+			PToken: pTokenReport{Why: "NO_SA", WhyText: "trap installed, IKE_SA negotiating"},
+		}},
+		{"connect esp text", []string{"token", "connect", addrs["esp"], "--token-socket", sock}, 0,
+			[]string{"protected:  yes: privacy yes, integrity yes, compression yes", "peer:       CN=moon", "auth:       PKIX_INLINE", "CA DN:      CN=Lab CA"}, "", nil},
+		{"connect clear text", []string{"token", "connect", addrs["clear"], "--token-socket", sock}, 0,
+			[]string{"protected:  no: NO_SA: trap installed", "peer:       - (no authenticated peer)"}, "", nil},
+		{"connect refused", []string{"token", "connect", "127.0.0.1:1", "--token-socket", sock}, 1, nil, "is something listening there?", nil},
+		{"no token socket", []string{"token", "connect", addrs["esp"], "--token-socket", "/nonexistent/token.sock"}, 1, nil, "is obold running with [tokenapi] enabled?", nil},
+		{"inspect esp json", []string{"token", "inspect", "--pid", pid, "--fd", espFD, "--token-socket", sock, "--json"}, 0, nil, "", &tokenReport{
+			PToken: pTokenReport{Protected: true, Privacy: true, Integrity: true, Compression: true, Label: "system_u:object_r:web_t:s0"},
+			IToken: &iTokenReport{AuthMethod: "PKIX_INLINE", RemoteID: "CN=moon", CertDN: "CN=moon", CADN: "CN=Lab CA"},
+		}},
+		{"inspect clear text", []string{"token", "inspect", "--pid", pid, "--fd", clearFD, "--token-socket", sock}, 0,
+			[]string{"process:    " + pid + " fd " + clearFD, "-> " + addrs["clear"], "protected:  no: NO_SA"}, "", nil},
+		{"inspect no pid", []string{"token", "inspect", "--fd", "3"}, 2, nil, "needs --pid PID and --fd FD", nil},
+		{"inspect bad pid", []string{"token", "inspect", "--pid", "x", "--fd", "3"}, 2, nil, "invalid value", nil},
+		{"inspect extra arg", []string{"token", "inspect", "--pid", pid, "--fd", "3", "more"}, 2, nil, `unexpected argument "more"`, nil},
+		{"inspect unknown pid", []string{"token", "inspect", "--pid", "2147483600", "--fd", "3", "--token-socket", sock}, 1, nil, "no process 2147483600", nil},
+		{"inspect no such fd", []string{"token", "inspect", "--pid", pid, "--fd", "99999", "--token-socket", sock}, 1, nil, "has no descriptor 99999", nil},
+		{"inspect not a socket", []string{"token", "inspect", "--pid", pid, "--fd", fileFD, "--token-socket", sock}, 1, nil, "is not a socket", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(tt.args, &out, &errb)
+			ok := code == tt.code && strings.Contains(errb.String(), tt.stderr)
+			for _, s := range tt.stdout {
+				ok = ok && strings.Contains(out.String(), s)
+			}
+			if !ok {
+				t.Fatalf("obolctl %v = %d\nstdout: %s\nstderr: %s\nwant %d, stdout with %q, stderr with %q", tt.args, code, out.String(), errb.String(), tt.code, tt.stdout, tt.stderr)
+			}
+			if tt.json == nil {
+				return
+			}
+			var got tokenReport
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+				t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
+			}
+			if got.Local == "" || got.Remote == "" || got.PToken.Audit == "" {
+				t.Errorf("no addresses or audit: %+v", got)
+			}
+			want := *tt.json
+			want.PID, want.FD, want.Local, want.Remote, want.PToken.Audit = got.PID, got.FD, got.Local, got.Remote, got.PToken.Audit
+			if want.IToken != nil {
+				if got.IToken == nil || got.IToken.Handle != got.PToken.IToken || len(got.IToken.ChannelBinding) != 2*(2+32+2+32) || got.IToken.PubKeyID == "" {
+					t.Fatalf("iToken %+v for pToken %+v: want the pToken's handle, a pubKeyID and a 68-byte channel binding", got.IToken, got.PToken)
+				}
+				it := *want.IToken
+				it.Handle, it.ChannelBinding, it.PubKeyID, it.Audit = got.IToken.Handle, got.IToken.ChannelBinding, got.IToken.PubKeyID, got.IToken.Audit
+				want.IToken, want.PToken.IToken = &it, got.PToken.IToken
+			}
+			gj, _ := json.Marshal(got)
+			wj, _ := json.Marshal(want)
+			if !bytes.Equal(gj, wj) {
+				t.Errorf("got  %s\nwant %s", gj, wj)
+			}
+		})
+	}
+}
+
+func TestTokenSocketEnv(t *testing.T) {
+	sock, addrs := startTokenAPI(t)
+	t.Setenv("OBOL_TOKEN_SOCKET", sock)
+	var out, errb bytes.Buffer
+	if code := run([]string{"token", "connect", addrs["clear"]}, &out, &errb); code != 0 || !strings.Contains(out.String(), "NO_SA") {
+		t.Errorf("with OBOL_TOKEN_SOCKET: %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+}
