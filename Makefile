@@ -31,6 +31,7 @@ deps:
 build: ctoken
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obold ./cmd/obold
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obolctl ./cmd/obolctl
+	$(GO) build -o $(BIN)/tokenserver ./examples/tokenserver
 
 # ctoken: the C client library of the token API (libc only) and its example.
 CTOKEN_CFLAGS ?= -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE -O2

@@ -133,6 +133,7 @@ func demoOE(ctx context.Context, l *lab.Lab, bin string) error {
 	step("opportunistic encryption: hosta and hostb get keys; obolctl records says what to publish")
 	var records []string
 	sockets := map[*lab.Node]string{}
+	tokenSockets := map[*lab.Node]string{}
 	for _, h := range []struct {
 		n    *lab.Node
 		addr string
@@ -144,7 +145,10 @@ func demoOE(ctx context.Context, l *lab.Lab, bin string) error {
 		}
 		sock := filepath.Join(h.n.Dir, "obold.sock")
 		sockets[h.n] = sock
-		cfg, err := h.n.WriteFile("obold.toml", []byte(scenario.OboldConfig(h.n.VICI, sock, scenario.OEHost(h.addr, "", h.peer, key, ""))))
+		tokens := filepath.Join(h.n.Dir, "token.sock")
+		tokenSockets[h.n] = tokens
+		cfg, err := h.n.WriteFile("obold.toml", []byte(scenario.OboldConfig(h.n.VICI, sock,
+			scenario.OEHost(h.addr, "", h.peer, key, "")+fmt.Sprintf("\n[tokenapi]\nenabled = true\nsocket = %q\n", tokens))))
 		if err != nil {
 			return err
 		}
@@ -190,6 +194,50 @@ func demoOE(ctx context.Context, l *lab.Lab, bin string) error {
 		}
 		fmt.Printf("$ obolctl %s   (on hosta)\n%s\n", strings.Join(args, " "), out)
 	}
+	return demoTokens(ctx, ha, hb, bin, tokenSockets)
+}
+
+// demoTokens: programs learn how their traffic is protected and who the
+// peer is, from obold's token API: example servers in Go and C on hostb,
+// and obolctl token connect on hosta.
+func demoTokens(ctx context.Context, ha, hb *lab.Node, bin string, tokenSockets map[*lab.Node]string) error {
+	step("token API: example servers on hostb print each client's pToken and iToken")
+	goSrv, err := hb.Start(ctx, "tokenserver", []string{filepath.Join(bin, "tokenserver"), "--listen", "192.0.2.12:7001", "--token-socket", tokenSockets[hb]}, nil)
+	if err != nil {
+		return err
+	}
+	cSrv, err := hb.Start(ctx, "example_server_c", []string{filepath.Join(bin, "example_server_c"), "7002", tokenSockets[hb]}, nil)
+	if err != nil {
+		return err
+	}
+	for _, port := range []string{"7001", "7002"} {
+		if err := waitFor(ctx, func() bool {
+			out, _ := hb.Exec(ctx, "ss", "-ltn", "sport = :"+port)
+			return strings.Contains(string(out), ":"+port)
+		}); err != nil {
+			return err
+		}
+		out, err := ha.Exec(ctx, "sh", "-c", "nc -w 2 192.0.2.12 "+port+" </dev/null")
+		if err != nil {
+			return fmt.Errorf("connect to hostb:%s: %w\n%s", port, err, out)
+		}
+		if len(out) > 0 {
+			fmt.Printf("hosta got: %s", out)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the servers print
+	for _, p := range []*lab.Process{goSrv, cSrv} {
+		b, err := os.ReadFile(p.Log)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("$ %s   (on hostb, its output)\n%s\n", p.Name, b)
+	}
+	out, err := ha.Exec(ctx, filepath.Join(bin, "obolctl"), "token", "connect", "192.0.2.12:7001", "--token-socket", tokenSockets[ha])
+	if err != nil {
+		return fmt.Errorf("obolctl token connect: %w\n%s", err, out)
+	}
+	fmt.Printf("$ obolctl token connect 192.0.2.12:7001   (on hosta)\n%s\n", out)
 	return nil
 }
 
