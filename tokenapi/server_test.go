@@ -8,36 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/obol-ipsec/obol/tokenapi"
 	"github.com/obol-ipsec/obol/tokenapi/client"
+	"github.com/obol-ipsec/obol/tokenapi/tokenapitest"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
-
-// fakeFacts answers by the flow's remote port (or local port, for the
-// server side of a connection).
-type fakeFacts struct {
-	mu     sync.Mutex
-	byPort map[uint16]tokenapi.Protection
-	calls  int
-}
-
-func (f *fakeFacts) Protection(_ context.Context, fl tokenapi.Flow) (tokenapi.Protection, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls++
-	if p, ok := f.byPort[fl.Remote.Port()]; ok {
-		return p, nil
-	}
-	if p, ok := f.byPort[fl.Local.Port()]; ok {
-		return p, nil
-	}
-	return tokenapi.Protection{Why: wire.ReasonNoPolicy, WhyText: "no conn covers " + fl.Remote.String()}, nil
-}
 
 func key(b byte) tokenapi.PublicKey {
 	return tokenapi.PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{b}, 32)}
@@ -52,7 +31,7 @@ var (
 
 type env struct {
 	srv   *tokenapi.Server
-	facts *fakeFacts
+	facts *tokenapitest.PortFacts
 	sock  string
 	lns   map[string]*net.TCPListener
 }
@@ -61,7 +40,7 @@ type env struct {
 // are keyed by each listener's port.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{facts: &fakeFacts{byPort: map[uint16]tokenapi.Protection{}}, lns: map[string]*net.TCPListener{}}
+	e := &env{facts: tokenapitest.NewPortFacts()}
 	scen := map[string]tokenapi.Protection{
 		"a1":    {Protected: true, Child: gcm, Peer: peerA},
 		"a2":    {Protected: true, Child: tokenapi.Child{IKEName: "obol-oe-1", Name: "oe", Protocol: "ESP", EncrAlg: "CHACHA20_POLY1305", EncrKey: 256}, Peer: peerA},
@@ -70,43 +49,8 @@ func newEnv(t testing.TB) *env {
 		"3des":  {Protected: true, Child: tokenapi.Child{Protocol: "ESP", EncrAlg: "3DES_CBC", EncrKey: 192, IntegAlg: "HMAC_SHA1_96"}, Peer: peerB},
 		"clear": {Why: wire.ReasonNoSA, WhyText: "trap installed, IKE_SA negotiating"},
 	}
-	for name, p := range scen {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-			}
-		}()
-		e.lns[name] = ln
-		e.facts.byPort[uint16(ln.Addr().(*net.TCPAddr).Port)] = p
-	}
-	e.sock = filepath.Join(t.TempDir(), "t.sock")
-	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: e.sock, UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = srv
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	e.lns = tokenapitest.Listeners(t, e.facts, scen)
+	e.srv, e.sock = tokenapitest.Serve(t, tokenapi.Config{UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts)
 	return e
 }
 
@@ -320,9 +264,7 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	e.facts.mu.Lock()
-	e.facts.byPort[uint16(ln.Addr().(*net.TCPAddr).Port)] = tokenapi.Protection{Protected: true, Child: gcm, Peer: peerB}
-	e.facts.mu.Unlock()
+	e.facts.Set(ln.Addr().(*net.TCPAddr).Port, tokenapi.Protection{Protected: true, Child: gcm, Peer: peerB})
 	go func() {
 		d, err := net.Dial("tcp4", ln.Addr().String())
 		if err == nil {
@@ -467,7 +409,7 @@ func TestAllowList(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Fatal("this test needs root to run its client as another user; run it as root (make test does)")
 	}
-	facts := &fakeFacts{byPort: map[uint16]tokenapi.Protection{}}
+	facts := tokenapitest.NewPortFacts()
 	dir, err := os.MkdirTemp("", "tokenapi-allow-")
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +455,7 @@ func TestConfigValidate(t *testing.T) {
 		{Socket: "/run/x", Mode: 0o1777},
 		{Socket: "/run/x", UntrustedCiphers: []string{""}},
 	} {
-		if _, err := tokenapi.NewServer(cfg, &fakeFacts{}, nil); err == nil {
+		if _, err := tokenapi.NewServer(cfg, tokenapitest.NewPortFacts(), nil); err == nil {
 			t.Errorf("%+v accepted", cfg)
 		}
 	}

@@ -2,34 +2,17 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/tokenapitest"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
-
-// portFacts answers by the flow's remote port; other flows have no policy.
-type portFacts struct {
-	mu     sync.Mutex
-	byPort map[uint16]tokenapi.Protection
-}
-
-func (f *portFacts) Protection(_ context.Context, fl tokenapi.Flow) (tokenapi.Protection, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if p, ok := f.byPort[fl.Remote.Port()]; ok {
-		return p, nil
-	}
-	return tokenapi.Protection{Why: wire.ReasonNoPolicy, WhyText: "no conn covers " + fl.Remote.String()}, nil
-}
 
 var tokenPeer = tokenapi.Peer{
 	RemoteID: "CN=moon",
@@ -43,49 +26,17 @@ var tokenPeer = tokenapi.Peer{
 // yet). It returns the socket path and the listeners' addresses.
 func startTokenAPI(t *testing.T) (sock string, addrs map[string]string) {
 	t.Helper()
-	facts := &portFacts{byPort: map[uint16]tokenapi.Protection{}}
+	facts := tokenapitest.NewPortFacts()
 	scen := map[string]tokenapi.Protection{
 		"esp": {Protected: true, Peer: tokenPeer, Child: tokenapi.Child{IKEName: "moon", Name: "net", Protocol: "ESP", Mode: "TUNNEL",
 			EncrAlg: "AES_GCM_16", EncrKey: 256, IPComp: true, Label: "system_u:object_r:web_t:s0"}},
 		"clear": {Why: wire.ReasonNoSA, WhyText: "trap installed, IKE_SA negotiating"},
 	}
 	addrs = map[string]string{}
-	for name, p := range scen {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-			}
-		}()
+	for name, ln := range tokenapitest.Listeners(t, facts, scen) {
 		addrs[name] = ln.Addr().String()
-		facts.byPort[uint16(ln.Addr().(*net.TCPAddr).Port)] = p
 	}
-	sock = filepath.Join(t.TempDir(), "token.sock")
-	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: sock}, facts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	_, sock = tokenapitest.Serve(t, tokenapi.Config{}, facts)
 	return sock, addrs
 }
 

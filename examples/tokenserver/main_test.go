@@ -12,31 +12,15 @@ import (
 	"time"
 
 	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/tokenapitest"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
 // startTokenAPI serves the token API on a temp socket; every flow gets p.
 func startTokenAPI(t *testing.T, p tokenapi.Protection) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "token.sock")
 	facts := tokenapi.FactsFunc(func(context.Context, tokenapi.Flow) (tokenapi.Protection, error) { return p, nil })
-	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: sock, UntrustedCiphers: []string{"3DES_CBC"}}, facts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	_, sock := tokenapitest.Serve(t, tokenapi.Config{UntrustedCiphers: []string{"3DES_CBC"}}, facts)
 	return sock
 }
 

@@ -19,13 +19,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/obol-ipsec/obol/tokenapi"
 	"github.com/obol-ipsec/obol/tokenapi/client"
+	"github.com/obol-ipsec/obol/tokenapi/tokenapitest"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
@@ -189,30 +189,6 @@ func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
 	return w.String()
 }
 
-// fakeFacts answers by the flow's remote or local port.
-type fakeFacts struct {
-	mu     sync.Mutex
-	byPort map[uint16]tokenapi.Protection
-}
-
-func (f *fakeFacts) set(port int, p tokenapi.Protection) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.byPort[uint16(port)] = p
-}
-
-func (f *fakeFacts) Protection(_ context.Context, fl tokenapi.Flow) (tokenapi.Protection, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if p, ok := f.byPort[fl.Remote.Port()]; ok {
-		return p, nil
-	}
-	if p, ok := f.byPort[fl.Local.Port()]; ok {
-		return p, nil
-	}
-	return tokenapi.Protection{Why: wire.ReasonNoPolicy, WhyText: "no conn covers " + fl.Remote.String()}, nil
-}
-
 func key(b byte) tokenapi.PublicKey {
 	return tokenapi.PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{b}, 32)}
 }
@@ -232,49 +208,15 @@ var (
 
 type env struct {
 	sock  string
-	facts *fakeFacts
+	facts *tokenapitest.PortFacts
 	lns   map[string]*net.TCPListener
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{facts: &fakeFacts{byPort: map[uint16]tokenapi.Protection{}}, lns: map[string]*net.TCPListener{}}
-	for name, p := range scenes {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-			}
-		}()
-		e.lns[name] = ln
-		e.facts.set(ln.Addr().(*net.TCPAddr).Port, p)
-	}
-	e.sock = filepath.Join(t.TempDir(), "t.sock")
-	srv, err := tokenapi.NewServer(tokenapi.Config{Socket: e.sock, UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	e := &env{facts: tokenapitest.NewPortFacts()}
+	e.lns = tokenapitest.Listeners(t, e.facts, scenes)
+	_, e.sock = tokenapitest.Serve(t, tokenapi.Config{UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts)
 	return e
 }
 
@@ -685,7 +627,7 @@ func TestExampleServer(t *testing.T) {
 	if _, err := fmt.Sscanf(next(), "listening on %d", &port); err != nil {
 		t.Fatal(err)
 	}
-	e.facts.set(port, scenes["pkix"]) // the server side's local port
+	e.facts.Set(port, scenes["pkix"]) // the server side's local port
 	for _, want := range [][]string{
 		{"ptoken handle=1 protected=yes privacy=yes integrity=yes compression=yes", " auth=PKIX_INLINE ", `cert_dn="CN=moon, O=Lab"`},
 		{"ptoken handle=2 protected=yes", " auth=PKIX_INLINE "}, // handles are never reused
