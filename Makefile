@@ -50,12 +50,12 @@ vet:
 
 # test runs everything: unit tests, real-charon integration tests, the
 # end-to-end lab tests (root: network namespaces) and, on its own so it does
-# not starve the timing-sensitive lab tests of the 2 cores, the kernel-ESP
-# test under qemu. Nothing is skipped.
+# not starve the timing-sensitive lab tests of the 2 cores, the C client's
+# tests under valgrind and the kernel-ESP test under qemu. Nothing is skipped.
 test: deps build vet
 	@[ "$$(id -u)" = 0 ] || { echo "make test: the e2e tests need root (network namespaces, charon)" >&2; exit 1; }
-	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v /e2e/kernelesp)
-	$(GO) test -count=1 -timeout 20m ./e2e/kernelesp
+	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v -e /e2e/kernelesp -e /tokenapi/c/ctest)
+	$(GO) test -count=1 -p 1 -timeout 20m ./tokenapi/c/ctest ./e2e/kernelesp
 	@$(MAKE) --no-print-directory check-clean
 
 # kernelesp runs only the qemu test: obold where charon installs kernel ESP SAs.

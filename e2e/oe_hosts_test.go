@@ -12,7 +12,7 @@ import (
 )
 
 func oeHost(addr, identity, peer string, key oeKey) string {
-	return scenario.OEHost(addr, identity, peer, key.pemFile, "initial_lifespan = \"2s\"\nbusy_lifespan = \"3s\"")
+	return scenario.OEHost(addr, identity, peer, key.pemFile, "initial_lifespan = \"4s\"\nbusy_lifespan = \"6s\"")
 }
 
 // TestHostOE: OE between two hosts, hosta with an IP identity (key in its
@@ -81,14 +81,14 @@ func TestHostOE(t *testing.T) {
 		t.Errorf("hostb's tunnel: %+v", tr)
 	}
 
-	// Busy: pinging across the 2 s initial lifespan keeps the tunnel.
-	run(t, ha, "ping", "-c", "20", "-i", "0.2", "-W", "1", "192.0.2.12")
+	// Busy: pinging across the 4 s initial lifespan keeps the tunnel.
+	run(t, ha, "ping", "-c", "35", "-i", "0.2", "-W", "1", "192.0.2.12")
 	if got := upPair(oa, "initiator"); got.Conn != ti.Conn {
 		t.Fatalf("busy tunnel replaced: %+v", got)
 	}
 	// Idle: no traffic for a whole span: hosta closes it with a Delete and
 	// hostb, receiving it, forgets the pair too.
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(25 * time.Second)
 	for len(oa.oeList())+len(ob.oeList()) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("idle tunnel not closed: hosta %+v hostb %+v", oa.oeList(), ob.oeList())
