@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/obol-ipsec/obol/internal/peercred"
 	"log/slog"
 	"net"
 	"os"
@@ -171,33 +172,19 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	}
 }
 
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
-}
-
 func (s *Server) admitted(cred *unix.Ucred) bool {
 	if len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
 		return true
 	}
-	return cred.Uid == 0 || slices.Contains(s.cfg.AllowUIDs, cred.Uid) || slices.Contains(s.cfg.AllowGIDs, cred.Gid)
+	return cred.Uid == 0 || slices.Contains(s.cfg.AllowUIDs, cred.Uid) ||
+		slices.ContainsFunc(s.cfg.AllowGIDs, func(g uint32) bool { return peercred.InGroup(cred, g) })
 }
 
 func (s *Server) serveClient(ctx context.Context, c *net.UnixConn) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	defer c.Close()
-	cred, err := peerCred(c)
+	cred, err := peercred.Of(c)
 	if err != nil {
 		s.log.Warn("tokenapi: SO_PEERCRED failed, dropping client", "err", err)
 		return

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/obol-ipsec/obol/internal/peercred"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -93,7 +95,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 
 func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	defer c.Close()
-	cred, err := peerCred(c)
+	cred, err := peercred.Of(c)
 	if err != nil || !s.allowed(cred) {
 		s.log.Warn("control: refused a client", "uid", credUID(cred), "err", err)
 		writeResponse(c, Response{V: Version, Error: &Error{CodeBadRequest, "permission denied: the control socket is for root (or the [control] group)"}})
@@ -140,7 +142,7 @@ func (s *Server) methods() []string {
 	for k := range s.handlers {
 		m = append(m, k)
 	}
-	sortStrings(m)
+	slices.Sort(m)
 	return m
 }
 
@@ -151,7 +153,7 @@ func (s *Server) allowed(cred *unix.Ucred) bool {
 	if cred.Uid == 0 {
 		return true
 	}
-	return s.allowGID >= 0 && inGroup(int(cred.Pid), cred.Gid, s.allowGID)
+	return s.allowGID >= 0 && peercred.InGroup(cred, uint32(s.allowGID))
 }
 
 func credUID(c *unix.Ucred) int {
@@ -159,21 +161,6 @@ func credUID(c *unix.Ucred) int {
 		return -1
 	}
 	return int(c.Uid)
-}
-
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, serr
 }
 
 var errEOF = errors.New("eof")
