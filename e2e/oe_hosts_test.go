@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +13,8 @@ import (
 	"github.com/obol-ipsec/obol/e2e/lab"
 	"github.com/obol-ipsec/obol/e2e/scenario"
 	"github.com/obol-ipsec/obol/internal/oe"
+	"github.com/obol-ipsec/obol/tokenapi/client"
+	tokenwire "github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
 func oeHost(addr, identity, peer string, key oeKey) string {
@@ -37,8 +43,9 @@ func TestHostOE(t *testing.T) {
 			t.Fatalf("zone %s: %v", z.Name, err)
 		}
 	}
-	oa := startObold(t, ha, oeHost("192.0.2.11", "", "192.0.2.12", ka))
-	ob := startObold(t, hb, oeHost("192.0.2.12", "@hostb.example.test", "192.0.2.11", kb))
+	tokenA, tokenB := filepath.Join(ha.Dir, "token.sock"), filepath.Join(hb.Dir, "token.sock")
+	oa := startObold(t, ha, oeHost("192.0.2.11", "", "192.0.2.12", ka)+fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", tokenA))
+	ob := startObold(t, hb, oeHost("192.0.2.12", "@hostb.example.test", "192.0.2.11", kb)+fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", tokenB))
 
 	reach := func(from *lab.Node, dst string) {
 		t.Helper()
@@ -80,6 +87,7 @@ func TestHostOE(t *testing.T) {
 	if tr := upPair(ob, "responder"); tr.Gateway != "192.0.2.11" {
 		t.Errorf("hostb's tunnel: %+v", tr)
 	}
+	checkOETokens(t, ctx, ha, hb, tokenA, tokenB)
 
 	// Busy: pinging across the 4 s initial lifespan keeps the tunnel.
 	run(t, ha, "ping", "-c", "35", "-i", "0.2", "-W", "1", "192.0.2.12")
@@ -115,4 +123,64 @@ func TestHostOE(t *testing.T) {
 	}
 	oa.stop()
 	ob.stop()
+}
+
+// checkOETokens: programs at both ends of an OE tunnel learn that the peer
+// was authenticated by a key from DNSSEC-secure DNS, and get the same
+// channel binding (both public keys in a canonical order).
+func checkOETokens(t *testing.T, ctx context.Context, ha, hb *lab.Node, tokenA, tokenB string) {
+	t.Helper()
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7003")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := ha.Dial(ctx, "tcp", "192.0.2.12:7003")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var s net.Conn
+	select {
+	case s = <-accepted:
+		defer s.Close()
+	case <-ctx.Done():
+		t.Fatal("no accept")
+	}
+	var bindings [][]byte
+	for _, side := range []struct {
+		sock string
+		conn net.Conn
+		peer string
+	}{{tokenA, c, "hostb.example.test"}, {tokenB, s, "192.0.2.11"}} {
+		cl, err := client.Dial(ctx, side.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		pt, err := cl.PToken(ctx, side.conn.(*net.TCPConn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !pt.Protected || !pt.Privacy || !pt.Integrity {
+			t.Errorf("pToken at %s: %+v", side.sock, pt)
+		}
+		it, err := cl.IToken(ctx, pt.IToken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if it.AuthMethod != tokenwire.AuthDNSSEC || it.RemoteID != side.peer || it.PubKeyID == "" || len(it.ChannelBinding) == 0 {
+			t.Errorf("iToken at %s: method %v id %q pubKeyID %q binding %d bytes (%s)", side.sock, it.AuthMethod, it.RemoteID, it.PubKeyID, len(it.ChannelBinding), it.Audit)
+		}
+		bindings = append(bindings, it.ChannelBinding)
+	}
+	if !bytes.Equal(bindings[0], bindings[1]) {
+		t.Errorf("channel bindings differ between the ends:\n%x\n%x", bindings[0], bindings[1])
+	}
 }

@@ -127,6 +127,9 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 		h.classes = map[string][]string{}
 	}
 	classes := h.classes
+	h.d.mu.Lock()
+	eng := h.d.oe
+	h.d.mu.Unlock()
 	oeDNSSEC := map[string]string{}
 	for _, t := range h.d.OETunnels() {
 		oeDNSSEC[t.Conn] = string(t.DNSSEC)
@@ -161,6 +164,11 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 			h.d.mu.Unlock()
 		}
 		peer := tokenapi.Peer{RemoteID: sa.RemoteID, RemoteEAPID: sa.RemoteEAPID, RemoteXAuthID: sa.RemoteXAuthID, Evidence: ev}
+		if eng != nil {
+			if pk, ours, ok := eng.Keys(sa.Name); ok {
+				peer.PeerKey, peer.OurKey = pk, ours
+			}
+		}
 		for _, ch := range sa.Children {
 			if ch.State != "INSTALLED" {
 				continue

@@ -6,6 +6,8 @@ package oe
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,6 +75,9 @@ type Tunnel struct {
 	shunt *xfrm.Policy
 	allow []xfrm.Policy
 	bytes uint64 // traffic counted at the last lifespan check
+	// peerKey is the key DNS gave for the peer, when it gave exactly one
+	// (with several, charon does not say which one authenticated).
+	peerKey plugins.PublicKey
 }
 
 // Params are the engine's inputs besides its Config.
@@ -99,9 +104,11 @@ type Params struct {
 type Engine struct {
 	cfg Config
 	p   Params
-	pol *policy.Policy
-	id  string // our IKE identity
-	log *slog.Logger
+	// ourKey is our public key in DNS form (for channel bindings).
+	ourKey plugins.PublicKey
+	pol    *policy.Policy
+	id     string // our IKE identity
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	tunnels map[xfrm.Pair]*Tunnel
@@ -140,6 +147,11 @@ func New(cfg Config, p Params) (*Engine, error) {
 	e.id = cfg.Identity
 	if e.id == "" {
 		e.id = cfg.Address
+	}
+	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
+		if pub, err := x509.ParsePKIXPublicKey(blk.Bytes); err == nil {
+			e.ourKey, _ = resolver.NewPublicKey(pub)
+		}
 	}
 	addr := netip.MustParseAddr(cfg.Address)
 	pol.Exempt(netip.PrefixFrom(addr, addr.BitLen()), "this host's IKE address")
@@ -395,6 +407,11 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
+			if len(gw.Keys) == 1 {
+				e.mu.Lock()
+				t.peerKey = gw.Keys[0]
+				e.mu.Unlock()
+			}
 			e.up(ctx, t)
 			return
 		}
@@ -683,6 +700,9 @@ func (e *Engine) respond(peer netip.Addr) {
 		}
 		e.mu.Lock()
 		t.Gateway, t.KeySource, t.DNSSEC = gatewayName(*gw), gw.Source, ans.DNSSEC
+		if len(gw.Keys) == 1 {
+			t.peerKey = gw.Keys[0]
+		}
 		if err != nil {
 			t.State, t.Reason = StateFailed, "load conn: "+err.Error()
 		} else {
@@ -885,6 +905,20 @@ func (e *Engine) Wanted() []xfrm.Policy {
 		}
 	}
 	return out
+}
+
+// Keys returns the peer's DNS key and ours for an OE conn, for channel
+// bindings; ok is false when the conn is not OE's or the peer's key is not
+// known for sure.
+func (e *Engine) Keys(conn string) (peer, ours plugins.PublicKey, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, t := range e.tunnels {
+		if t.Conn == conn && len(t.peerKey.Data) > 0 {
+			return t.peerKey, e.ourKey, len(e.ourKey.Data) > 0
+		}
+	}
+	return plugins.PublicKey{}, plugins.PublicKey{}, false
 }
 
 // Tunnels lists what the engine knows, for obolctl oe list.

@@ -1,6 +1,7 @@
 package oe
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -252,6 +253,11 @@ func TestInitiatorUp(t *testing.T) {
 	}
 	if len(r.ch.initiated) != 1 {
 		t.Errorf("initiated %v", r.ch.initiated)
+	}
+	// The key DNS gave is the peer's, for channel bindings (ours is no real
+	// key in this rig, so ok is false).
+	if peer, _, _ := r.e.Keys("obol-oe-10-1-0-10-10-2-0-10"); !bytes.Equal(peer.Data, gw.Keys[0].Data) {
+		t.Errorf("Keys: peer key %x, want the gateway's DNS key", peer.Data)
 	}
 	// Userspace datapath: both directions allowed past the trap.
 	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 || len(r.policies(t, xfrm.Allow, "10.2.0.10/32", "10.1.0.10/32")) != 1 {
