@@ -68,11 +68,6 @@ type Checker struct {
 	Kernel Kernel
 	// Owner tells obold's policies from others' (zero: DefaultOwner).
 	Owner Owner
-	// Mark is ignored.
-	//
-	// Deprecated: a mark cannot tell ownership (it is a match on packets);
-	// Owner does.
-	Mark uint32
 	// Log receives warnings about policies in obold's band that are not
 	// obold's, and tagged policies outside the band, once per policy
 	// (nil: slog.Default()).
