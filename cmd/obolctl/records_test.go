@@ -5,16 +5,15 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"github.com/obol-ipsec/obol/internal/keyfile/keyfiletest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -33,16 +32,10 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // rsaTestKey is the committed 2048-bit test key (never used elsewhere).
 const rsaTestKey = "testdata/rsa2048-test-only.pem"
 
-// writeEd25519 writes an Ed25519 key made from a fixed seed (PKCS#8 PEM,
-// as pki --gen --type ed25519 writes it) and returns its path.
+// writeEd25519 writes the test's Ed25519 key, made from a fixed seed so the
+// golden files stay valid.
 func writeEd25519(t *testing.T, dir string) string {
-	t.Helper()
-	seed := sha256.Sum256([]byte("obolctl records test key"))
-	der, err := x509.MarshalPKCS8PrivateKey(ed25519.NewKeyFromSeed(seed[:]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writeFile(t, dir, "ed25519.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	return keyfiletest.Ed25519(t, dir, "ed25519.pem", "obolctl records test key")
 }
 
 func writeFile(t *testing.T, dir, name string, data []byte) string {

@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
+	"github.com/obol-ipsec/obol/internal/keyfile/keyfiletest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,18 +21,7 @@ func TestExampleConfigs(t *testing.T) {
 		t.Fatalf("configs/*.toml = %v, %v; want obold.toml and the OE examples", files, err)
 	}
 	dir := t.TempDir()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := filepath.Join(dir, "oe-key.pem")
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	key := keyfiletest.Ed25519(t, dir, "oe-key.pem", "")
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			data, err := os.ReadFile(f)

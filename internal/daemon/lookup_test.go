@@ -5,14 +5,12 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/obol-ipsec/obol/internal/keyfile/keyfiletest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,18 +33,7 @@ func (c cannedDNS) Lookup(_ context.Context, q plugins.LookupQuery) (plugins.Loo
 func oeTestConfig(t *testing.T) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := filepath.Join(dir, "oe-key.pem")
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	key := keyfiletest.Ed25519(t, dir, "oe-key.pem", "")
 	cfg, err := config.Parse(filepath.Join(dir, "obold.toml"), []byte(fmt.Sprintf(`
 [oe]
 address = "192.0.2.1"
