@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -102,15 +100,7 @@ func TestLookupCLI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			code := run(tt.args, &out, &errb)
-			ok := code == tt.code && strings.Contains(errb.String(), tt.stderr)
-			for _, s := range tt.stdout {
-				ok = ok && strings.Contains(out.String(), s)
-			}
-			if !ok {
-				t.Errorf("obolctl %v = %d\nstdout:\n%s\nstderr: %s\nwant %d, stdout with %q, stderr with %q", tt.args, code, out.String(), errb.String(), tt.code, tt.stdout, tt.stderr)
-			}
+			expectRun(t, tt.args, tt.code, tt.stdout, tt.stderr)
 		})
 	}
 }

@@ -25,11 +25,24 @@ func TestCLI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			code := run(tt.args, &out, &errb)
-			if code != tt.code || !strings.Contains(out.String(), tt.stdout) || !strings.Contains(errb.String(), tt.stderr) {
-				t.Errorf("obolctl %v = %d\nstdout: %s\nstderr: %s\nwant %d, stdout with %q, stderr with %q", tt.args, code, out.String(), errb.String(), tt.code, tt.stdout, tt.stderr)
-			}
+			expectRun(t, tt.args, tt.code, []string{tt.stdout}, tt.stderr)
 		})
 	}
+}
+
+// expectRun runs obolctl with args and fails the test unless it exits with
+// code, its stdout holds every string of stdout and its stderr holds stderr.
+// It returns stdout.
+func expectRun(t *testing.T, args []string, code int, stdout []string, stderr string) string {
+	t.Helper()
+	var out, errb bytes.Buffer
+	got := run(args, &out, &errb)
+	ok := got == code && strings.Contains(errb.String(), stderr)
+	for _, s := range stdout {
+		ok = ok && strings.Contains(out.String(), s)
+	}
+	if !ok {
+		t.Fatalf("obolctl %v = %d\nstdout:\n%s\nstderr: %s\nwant %d, stdout with %q, stderr with %q", args, got, out.String(), errb.String(), code, stdout, stderr)
+	}
+	return out.String()
 }

@@ -93,12 +93,8 @@ func recordsOutput(t *testing.T, c recordsCase, extra ...string) string {
 		key = writeEd25519(t, dir)
 	}
 	cfg := writeFile(t, dir, "obold.toml", []byte(fmt.Sprintf("[oe]\n%s\nkey_file = %q\n[oe.dns]\nserver = \"192.0.2.53\"\n%s", c.oe, key, oeGroups)))
-	var out, errb bytes.Buffer
 	args := append(append([]string{"records", "--config", cfg}, c.args...), extra...)
-	if code := run(args, &out, &errb); code != 0 {
-		t.Fatalf("obolctl records = %d\n%s", code, errb.String())
-	}
-	return strings.ReplaceAll(out.String(), dir, "DIR")
+	return strings.ReplaceAll(expectRun(t, args, 0, nil, ""), dir, "DIR")
 }
 
 func TestRecordsGolden(t *testing.T) {
@@ -271,15 +267,11 @@ func TestRecordsErrors(t *testing.T) {
 			// Without [[oe.group]] obold's config check leaves [oe] alone;
 			// records checks what it needs itself.
 			cfg := writeFile(t, t.TempDir(), "obold.toml", []byte("[oe]\n"+tt.oe+"\n"))
-			var out, errb bytes.Buffer
 			args := []string{"records", "--config", cfg}
 			if _, cl, ok := strings.Cut(tt.oe, "#client "); ok {
 				args = append(args, "--client", cl)
 			}
-			code := run(args, &out, &errb)
-			if code != 1 || !strings.Contains(errb.String(), tt.want) {
-				t.Errorf("obolctl records = %d\nstdout: %s\nstderr: %s\nwant 1 and stderr with %q", code, out.String(), errb.String(), tt.want)
-			}
+			expectRun(t, args, 1, nil, tt.want)
 		})
 	}
 }
@@ -287,13 +279,7 @@ func TestRecordsErrors(t *testing.T) {
 func TestRecordsWithoutGroups(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeFile(t, dir, "obold.toml", []byte(fmt.Sprintf("[oe]\naddress = \"192.0.2.1\"\nkey_file = %q\n", writeEd25519(t, dir))))
-	var out, errb bytes.Buffer
-	if code := run([]string{"records", "--config", cfg}, &out, &errb); code != 0 {
-		t.Fatalf("obolctl records = %d: %s", code, errb.String())
-	}
-	if !strings.Contains(out.String(), "; note:     [oe] has no [[oe.group]] yet") || !strings.Contains(out.String(), "IN KEY") {
-		t.Errorf("output:\n%s", out.String())
-	}
+	expectRun(t, []string{"records", "--config", cfg}, 0, []string{"; note:     [oe] has no [[oe.group]] yet", "IN KEY"}, "")
 }
 
 func TestSplitTXT(t *testing.T) {
@@ -336,14 +322,8 @@ func TestRecordsExampleConfigs(t *testing.T) {
 		} {
 			t.Run(filepath.Base(f)+"/"+variant.name, func(t *testing.T) {
 				cfg := writeFile(t, t.TempDir(), filepath.Base(f), []byte(variant.text))
-				var out, errb bytes.Buffer
-				if code := run([]string{"records", "--config", cfg}, &out, &errb); code != 0 {
-					t.Fatalf("obolctl records = %d: %s", code, errb.String())
-				}
-				if !strings.Contains(out.String(), variant.want) {
-					t.Errorf("output lacks %q:\n%s", variant.want, out.String())
-				}
-				for _, line := range strings.Split(out.String(), "\n") {
+				out := expectRun(t, []string{"records", "--config", cfg}, 0, []string{variant.want}, "")
+				for _, line := range strings.Split(out, "\n") {
 					if line != "" && !strings.HasPrefix(line, ";") {
 						if _, err := dns.NewRR(line); err != nil {
 							t.Errorf("%v: %s", err, line)
@@ -356,8 +336,5 @@ func TestRecordsExampleConfigs(t *testing.T) {
 }
 
 func TestRecordsBadClientFlag(t *testing.T) {
-	var out, errb bytes.Buffer
-	if code := run([]string{"records", "--client", "10.1.0.x"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `invalid value "10.1.0.x" for flag -client: "10.1.0.x" is not an IP address`) {
-		t.Errorf("obolctl records --client 10.1.0.x = %d: %s", code, errb.String())
-	}
+	expectRun(t, []string{"records", "--client", "10.1.0.x"}, 2, nil, `invalid value "10.1.0.x" for flag -client: "10.1.0.x" is not an IP address`)
 }

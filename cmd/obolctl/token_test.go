@@ -114,21 +114,13 @@ func TestTokenCLI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			code := run(tt.args, &out, &errb)
-			ok := code == tt.code && strings.Contains(errb.String(), tt.stderr)
-			for _, s := range tt.stdout {
-				ok = ok && strings.Contains(out.String(), s)
-			}
-			if !ok {
-				t.Fatalf("obolctl %v = %d\nstdout: %s\nstderr: %s\nwant %d, stdout with %q, stderr with %q", tt.args, code, out.String(), errb.String(), tt.code, tt.stdout, tt.stderr)
-			}
+			out := expectRun(t, tt.args, tt.code, tt.stdout, tt.stderr)
 			if tt.json == nil {
 				return
 			}
 			var got tokenReport
-			if err := json.Unmarshal(out.Bytes(), &got); err != nil {
-				t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("stdout is not JSON: %v\n%s", err, out)
 			}
 			if got.Local == "" || got.Remote == "" || got.PToken.Audit == "" {
 				t.Errorf("no addresses or audit: %+v", got)
