@@ -130,9 +130,9 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 	h.d.mu.Lock()
 	eng := h.d.oe
 	h.d.mu.Unlock()
-	oeDNSSEC := map[string]string{}
-	for _, t := range h.d.OETunnels() {
-		oeDNSSEC[t.Conn] = string(t.DNSSEC)
+	var oeFacts map[string]oe.ConnFact
+	if eng != nil {
+		oeFacts = eng.ConnFacts()
 	}
 	var out []tokenapi.TokenSA
 	for _, sa := range sas {
@@ -149,8 +149,9 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 			ev.LogMethod, ev.TrustedCADN, ev.TrustedCertDN, ev.PeerCertDN, ev.Fetched = le.LogMethod, le.TrustedCADN, le.TrustedCertDN, le.PeerCertDN, le.Fetched
 		}
 		h.mu.Unlock()
-		if dnssec, ok := oeDNSSEC[sa.Name]; ok {
-			ev.OE, ev.DNSSEC, ev.PinnedKey = true, dnssec, true
+		oef, isOE := oeFacts[sa.Name]
+		if isOE {
+			ev.OE, ev.DNSSEC, ev.PinnedKey = true, string(oef.DNSSEC), true
 		} else if ev.ConnClass == "public key" && ev.TrustedCADN == "" {
 			// A raw key the administrator configured for this peer.
 			ev.PinnedKey = true
@@ -164,10 +165,8 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 			h.d.mu.Unlock()
 		}
 		peer := tokenapi.Peer{RemoteID: sa.RemoteID, RemoteEAPID: sa.RemoteEAPID, RemoteXAuthID: sa.RemoteXAuthID, Evidence: ev}
-		if eng != nil {
-			if pk, ours, ok := eng.Keys(sa.Name); ok {
-				peer.PeerKey, peer.OurKey = pk, ours
-			}
+		if isOE {
+			peer.PeerKey, peer.OurKey = oef.PeerKey, oef.OurKey
 		}
 		for _, ch := range sa.Children {
 			if ch.State != "INSTALLED" {
@@ -209,20 +208,21 @@ func (h *tokenHost) remoteClasses(ctx context.Context, conn string) []string {
 // WhyNot says why a flow has no SA: OE's verdict for its peer when OE
 // knows the pair, else that no policy covers it.
 func (h *tokenHost) WhyNot(ctx context.Context, f tokenapi.Flow) (wire.Reason, string, error) {
-	dst := f.Remote.Addr().Unmap()
-	for _, t := range h.d.OETunnels() {
-		if t.Pair.Dst != dst || t.State != oe.StateFailed {
-			continue
-		}
-		switch {
-		case strings.Contains(t.Reason, "no OE records"):
-			return wire.ReasonOENoRecords, t.Reason, nil
-		case strings.Contains(t.Reason, "unusable"):
-			return wire.ReasonOEUnusable, t.Reason, nil
-		case strings.Contains(t.Reason, "AUTHENTICATION_FAILED"):
-			return wire.ReasonAuthFailed, t.Reason, nil
-		default:
-			return wire.ReasonNegotiationFailed, t.Reason, nil
+	h.d.mu.Lock()
+	eng := h.d.oe
+	h.d.mu.Unlock()
+	if eng != nil {
+		if reason, failed := eng.Failure(f.Remote.Addr().Unmap()); failed {
+			switch {
+			case strings.Contains(reason, "no OE records"):
+				return wire.ReasonOENoRecords, reason, nil
+			case strings.Contains(reason, "unusable"):
+				return wire.ReasonOEUnusable, reason, nil
+			case strings.Contains(reason, "AUTHENTICATION_FAILED"):
+				return wire.ReasonAuthFailed, reason, nil
+			default:
+				return wire.ReasonNegotiationFailed, reason, nil
+			}
 		}
 	}
 	return wire.ReasonNoPolicy, "no IPsec policy covers " + f.Local.String() + " -> " + f.Remote.String() + ": the traffic goes in clear", nil

@@ -378,6 +378,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		e.mu.Lock()
 		t.Attempts++
 		t.Gateway, t.KeySource = gatewayName(gw), gw.Source
+		// Known before charon is asked, so the key is there when charon's
+		// up event makes the token API look.
+		t.peerKey = plugins.PublicKey{}
+		if len(gw.Keys) == 1 {
+			t.peerKey = gw.Keys[0]
+		}
 		e.mu.Unlock()
 		conn, err := e.peerConn(t.Conn, gw, pair)
 		if err == nil {
@@ -407,11 +413,6 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
-			if len(gw.Keys) == 1 {
-				e.mu.Lock()
-				t.peerKey = gw.Keys[0]
-				e.mu.Unlock()
-			}
 			e.up(ctx, t)
 			return
 		}
@@ -907,18 +908,42 @@ func (e *Engine) Wanted() []xfrm.Policy {
 	return out
 }
 
-// Keys returns the peer's DNS key and ours for an OE conn, for channel
-// bindings; ok is false when the conn is not OE's or the peer's key is not
-// known for sure.
-func (e *Engine) Keys(conn string) (peer, ours plugins.PublicKey, ok bool) {
+// ConnFact is what the token API needs of one OE conn.
+type ConnFact struct {
+	DNSSEC plugins.DNSSECStatus
+	// PeerKey is the key DNS gave for the peer when it gave exactly one
+	// (with several, charon does not say which one authenticated); OurKey
+	// is ours. Either is empty when unknown.
+	PeerKey, OurKey plugins.PublicKey
+}
+
+// ConnFacts maps each OE conn to its facts, in one pass (the token API
+// rebuilds its cache with it).
+func (e *Engine) ConnFacts() map[string]ConnFact {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]ConnFact, len(e.tunnels))
+	for _, t := range e.tunnels {
+		f := ConnFact{DNSSEC: t.DNSSEC}
+		if len(t.peerKey.Data) > 0 && len(e.ourKey.Data) > 0 {
+			f.PeerKey, f.OurKey = t.peerKey, e.ourKey
+		}
+		out[t.Conn] = f
+	}
+	return out
+}
+
+// Failure returns why OE failed for traffic to dst, if it did; it copies
+// nothing else, as it serves token queries.
+func (e *Engine) Failure(dst netip.Addr) (reason string, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, t := range e.tunnels {
-		if t.Conn == conn && len(t.peerKey.Data) > 0 {
-			return t.peerKey, e.ourKey, len(e.ourKey.Data) > 0
+		if t.Pair.Dst == dst && t.State == StateFailed {
+			return t.Reason, true
 		}
 	}
-	return plugins.PublicKey{}, plugins.PublicKey{}, false
+	return "", false
 }
 
 // Tunnels lists what the engine knows, for obolctl oe list.

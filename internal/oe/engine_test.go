@@ -256,8 +256,21 @@ func TestInitiatorUp(t *testing.T) {
 	}
 	// The key DNS gave is the peer's, for channel bindings (ours is no real
 	// key in this rig, so ok is false).
-	if peer, _, _ := r.e.Keys("obol-oe-10-1-0-10-10-2-0-10"); !bytes.Equal(peer.Data, gw.Keys[0].Data) {
-		t.Errorf("Keys: peer key %x, want the gateway's DNS key", peer.Data)
+	// ConnFacts gives keys only when both are known: ours is no real key
+	// in this rig, so the tunnel's facts carry none.
+	if f, ok := r.e.ConnFacts()["obol-oe-10-1-0-10-10-2-0-10"]; !ok || len(f.PeerKey.Data) != 0 {
+		t.Errorf("ConnFacts: %+v, %v", f, ok)
+	}
+	r.e.mu.Lock()
+	for _, tu := range r.e.tunnels {
+		if !bytes.Equal(tu.peerKey.Data, gw.Keys[0].Data) {
+			t.Errorf("the tunnel's peer key %x is not the gateway's DNS key", tu.peerKey.Data)
+		}
+	}
+	r.e.ourKey = gw.Keys[0] // stand-in for ours
+	r.e.mu.Unlock()
+	if f := r.e.ConnFacts()["obol-oe-10-1-0-10-10-2-0-10"]; !bytes.Equal(f.PeerKey.Data, gw.Keys[0].Data) || len(f.OurKey.Data) == 0 {
+		t.Errorf("ConnFacts with both keys known: %+v", f)
 	}
 	// Userspace datapath: both directions allowed past the trap.
 	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 || len(r.policies(t, xfrm.Allow, "10.2.0.10/32", "10.1.0.10/32")) != 1 {
