@@ -2,7 +2,6 @@ package vici
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"os"
 	"runtime"
@@ -255,8 +254,6 @@ func ourGoroutines() []string {
 	}
 	return out
 }
-
-var errTimeout = errors.New("timed out")
 
 // next reads one event from the stream, failing the test after d.
 func next(t *testing.T, c <-chan Event, d time.Duration) Event {

@@ -52,7 +52,7 @@ func (l *Lab) Capture(ctx context.Context, node, iface, filter string) (*Capture
 	if filter != "" {
 		argv = append(argv, filter)
 	}
-	cmd := n.netnsCmd(nil, argv)
+	cmd := n.netnsDaemon(argv)
 	cmd.Stdout, cmd.Stderr = outW, errW
 	log := filepath.Join(n.Dir, name+".log")
 	p, err := l.spawn(cmd, n.Name, name, log)

@@ -114,11 +114,13 @@ func (l *Lab) run(cmd *exec.Cmd, node, name string) ([]byte, error) {
 // netnsCmd wraps argv in `ip netns exec NS`: ip execs argv in place, so the
 // PID is argv's own.
 func (n *Node) netnsCmd(ctx context.Context, argv []string) *exec.Cmd {
-	args := append([]string{"netns", "exec", n.NS}, argv...)
-	if ctx == nil {
-		return exec.Command(n.lab.tools.path("ip"), args...)
-	}
-	return exec.CommandContext(ctx, n.lab.tools.path("ip"), args...)
+	return exec.CommandContext(ctx, n.lab.tools.path("ip"), append([]string{"netns", "exec", n.NS}, argv...)...)
+}
+
+// netnsDaemon is netnsCmd for a process that outlives the call starting it:
+// the lab stops it (Process.Stop, Close), no context does.
+func (n *Node) netnsDaemon(argv []string) *exec.Cmd {
+	return exec.Command(n.lab.tools.path("ip"), append([]string{"netns", "exec", n.NS}, argv...)...)
 }
 
 // Exec runs argv to completion inside the node's namespace and returns its
@@ -151,7 +153,7 @@ func (n *Node) Start(ctx context.Context, name string, argv []string, env []stri
 		return nil, fmt.Errorf("Start %s on %s: %w", name, n.Name, err)
 	}
 	defer f.Close() // the child has its own copy
-	cmd := n.netnsCmd(nil, argv)
+	cmd := n.netnsDaemon(argv)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	p, err := n.lab.spawn(cmd, n.Name, name, log)
