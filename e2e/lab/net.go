@@ -362,7 +362,15 @@ func procStat(pid int) []string {
 // isZombie: an exited process whose parent has not reaped it yet counts as stopped.
 func isZombie(pid int) bool {
 	f := procStat(pid)
-	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+	if len(f) == 0 || (f[0] != "Z" && f[0] != "X") {
+		return false
+	}
+	// A multi-threaded process's leader turns zombie while its other
+	// threads are still exiting and holding its files: charon's UDP 500 and
+	// 4500 stay bound, and a charon restarted then cannot bind them. Only
+	// when no other thread is left has the process really ended.
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	return err != nil || len(tasks) <= 1
 }
 
 // startTime identifies a PID incarnation (field 22 of stat).
