@@ -164,33 +164,6 @@ type Report struct {
 // OK says the kernel matches what obold wants.
 func (r Report) OK() bool { return len(r.Missing)+len(r.Extra)+len(r.Stale) == 0 }
 
-// TokenAPI serves the application token API (specs/btns-abstract-api.txt)
-// on its own socket until ctx ends. The host gives it read access to SAs.
-type TokenAPI interface {
-	Serve(ctx context.Context, host TokenHost) error
-}
-
-// TokenHost is what obold offers the token API module.
-type TokenHost interface {
-	// SAs returns the IKE_SAs on the host, swanctl's included, as of now.
-	SAs(ctx context.Context) ([]SASummary, error)
-}
-
-// SASummary is the part of an SA the token API may show: no keys, no SPIs.
-type SASummary struct {
-	IKEName    string
-	UniqueID   uint32
-	LocalAddr  netip.Addr
-	RemoteAddr netip.Addr
-	LocalID    string
-	RemoteID   string
-	EncrAlg    string
-	IntegAlg   string
-	Label      string
-	LocalTS    []netip.Prefix
-	RemoteTS   []netip.Prefix
-}
-
 // Modules is the set obold runs with. A nil field means the module is not
 // enabled on this host, and obold works without that capability.
 type Modules struct {

@@ -12,7 +12,6 @@ package tokenapi
 import (
 	"context"
 	"errors"
-	"net/netip"
 
 	"github.com/obol-ipsec/obol/plugins"
 
@@ -20,10 +19,7 @@ import (
 )
 
 // Flow is what the server read from the application's socket.
-type Flow struct {
-	Local, Remote netip.AddrPort // IPv4-mapped addresses are unmapped
-	Protocol      uint8          // 6 TCP, 17 UDP, 132 SCTP
-}
+type Flow = plugins.TokenFlow
 
 // Facts answers for one flow. obold implements it from list-sas, list-conns
 // and the log events it keeps (see README.md, "What obold provides").
@@ -55,68 +51,13 @@ type Protection struct {
 }
 
 // Child is the CHILD_SA a protected flow uses.
-type Child struct {
-	IKEName  string // the conn
-	Name     string // the child config
-	Protocol string // "ESP" or "AH"
-	Mode     string // TUNNEL, TRANSPORT, BEET
-	EncrAlg  string // charon's name: AES_GCM_16, AES_CBC, NULL, ...; "" for AH
-	EncrKey  int    // key size in bits
-	IntegAlg string // "" with AEAD
-	IntegKey int
-	IPComp   bool   // IPComp CPIs are present
-	Encap    bool   // UDP encapsulation
-	Label    string // the SA's security label, "" when unlabeled
-}
+type Child = plugins.TokenChild
 
 // Peer is what is known of the authenticated IKE peer.
-type Peer struct {
-	RemoteID      string // IKE identity
-	RemoteEAPID   string
-	RemoteXAuthID string
-	Evidence      Evidence
-	// PeerKey and OurKey are the two IKE public keys when known (OE keys,
-	// pinned raw keys, certificate keys). Either may be empty.
-	PeerKey PublicKey
-	OurKey  PublicKey
-}
+type Peer = plugins.TokenPeer
 
 // Evidence is what obold can tell about how the peer was authenticated.
-// VICI has no per-SA authentication method, so it is pieced together from
-// the matched conn (list-conns) and charon's level-1 log lines.
-type Evidence struct {
-	// ConnClass is the auth class of the conn's first remote round as
-	// list-conns reports it: "public key", "pre-shared key", "EAP", "XAuth",
-	// "any". Later rounds go to RoundClasses.
-	ConnClass    string
-	RoundClasses []string
-	// PinnedKey: the round pins raw public keys configured by the
-	// administrator (list-conns lists the round's ID as its certs).
-	PinnedKey bool
-	// SecretOwners counts the peer identities the matched IKE pre-shared
-	// key is bound to; 0 means a wildcard secret (any identity), -1 that
-	// obold cannot see them (a secret swanctl loaded).
-	SecretOwners int
-	// OE: the conn is obold's opportunistic conn; DNSSEC is the verdict
-	// on the DNS answer that gave the peer's key ("secure", "insecure").
-	OE     bool
-	DNSSEC string
-	// LogMethod is METHOD from "authentication of 'ID' with METHOD
-	// successful" for the peer's ID.
-	LogMethod string
-	// TrustedCADN is DN from `using trusted ca certificate "DN"` (the CA
-	// that verified an inline peer certificate).
-	TrustedCADN string
-	// TrustedCertDN is DN from `using trusted certificate "DN"`: the peer's
-	// own certificate (or pinned key) was in the local trusted store.
-	TrustedCertDN string
-	// PeerCertDN is the subject of the peer's end-entity certificate when
-	// one was used (`using certificate "DN"`).
-	PeerCertDN string
-	// Fetched: the certificate came from an HTTP/LDAP fetch (CDP/AIA or a
-	// cert URL), not from the IKE exchange.
-	Fetched bool
-}
+type Evidence = plugins.AuthEvidence
 
 // PublicKey is a raw public key: RFC 3110 wire form for "rsa", 32 raw bytes
 // for "ed25519", DER SubjectPublicKeyInfo for anything else. It is the

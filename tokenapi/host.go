@@ -9,40 +9,17 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/obol-ipsec/obol/plugins"
-	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
-// Host is what the token API needs from obold. It is the proposed
-// extension of plugins.TokenHost (README.md, "What obold must provide"):
-// obold's TokenHost satisfies it once it has these methods, and Module
-// then serves without further glue.
-type Host interface {
-	// TokenSAs returns the installed CHILD_SAs, newest first, with their
-	// IKE peer facts, from obold's event-maintained cache (it must not
-	// call charon: it runs once per query).
-	TokenSAs(ctx context.Context) ([]TokenSA, error)
-	// WhyNot explains a flow no CHILD_SA covers: obold's trap policies,
-	// OE state for the remote address, label decisions, the last
-	// negotiation failure.
-	WhyNot(ctx context.Context, f Flow) (wire.Reason, string, error)
-}
-
 // TokenSA is one installed CHILD_SA as the token API sees it.
-type TokenSA struct {
-	Child             Child
-	Peer              Peer
-	LocalTS, RemoteTS []TS
-}
+type TokenSA = plugins.TokenSA
 
 // TS is a traffic selector: an address range, a protocol (0 any) and a
 // port range.
-type TS struct {
-	From, To         netip.Addr
-	Proto            uint8
-	FromPort, ToPort uint16
-}
+type TS = plugins.TrafficSelector
 
 // ParseTS reads a traffic selector as charon's list-sas prints it:
 // "10.1.0.0/16", "10.0.0.1..10.0.0.9", "192.0.2.1/32[tcp/http]",
@@ -134,18 +111,6 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// Covers says whether ap (with protocol proto) is inside ts.
-func (ts TS) Covers(ap netip.AddrPort, proto uint8) bool {
-	a := ap.Addr().Unmap()
-	if a.BitLen() != ts.From.BitLen() || a.Less(ts.From) || ts.To.Less(a) {
-		return false
-	}
-	if ts.Proto != 0 && ts.Proto != proto {
-		return false
-	}
-	return ap.Port() >= ts.FromPort && ap.Port() <= ts.ToPort
-}
-
 func coveredBy(list []TS, ap netip.AddrPort, proto uint8) bool {
 	for _, ts := range list {
 		if ts.Covers(ap, proto) {
@@ -155,31 +120,51 @@ func coveredBy(list []TS, ap netip.AddrPort, proto uint8) bool {
 	return false
 }
 
-// HostFacts answers flows from a Host: the first (newest) CHILD_SA whose
-// local and remote selectors cover the flow, else the host's WhyNot.
-func HostFacts(h Host) Facts {
-	return FactsFunc(func(ctx context.Context, f Flow) (Protection, error) {
-		var ix *Index
-		var err error
-		if ih, ok := h.(IndexedHost); ok {
-			ix, err = ih.TokenIndex(ctx)
-		} else {
-			var sas []TokenSA
-			sas, err = h.TokenSAs(ctx)
-			ix = NewIndex(sas)
-		}
-		if err != nil {
-			return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		if sa, ok := ix.Find(f); ok {
-			return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
-		}
-		why, text, err := h.WhyNot(ctx, f)
-		if err != nil {
-			return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		return Protection{Why: why, WhyText: text}, nil
-	})
+// HostFacts answers flows from host: the first (newest) CHILD_SA whose
+// local and remote selectors cover the flow, else the host's WhyNot. It
+// keeps its own index of the host's last snapshot and asks for a new one
+// only when the host's generation moved, so a query costs one index lookup.
+func HostFacts(host plugins.TokenHost) Facts {
+	return &hostFacts{host: host}
+}
+
+type hostFacts struct {
+	host plugins.TokenHost
+	mu   sync.Mutex // held across a rebuild: concurrent queries share it
+	ix   *Index
+	gen  uint64
+}
+
+// index returns the index for the host's current generation.
+func (f *hostFacts) index(ctx context.Context) (*Index, error) {
+	g := f.host.Generation()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ix != nil && f.gen == g {
+		return f.ix, nil
+	}
+	snap, err := f.host.TokenSAs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	f.ix, f.gen = NewIndex(snap.SAs), snap.Generation
+	return f.ix, nil
+}
+
+// Protection implements Facts.
+func (f *hostFacts) Protection(ctx context.Context, fl Flow) (Protection, error) {
+	ix, err := f.index(ctx)
+	if err != nil {
+		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if sa, ok := ix.Find(fl); ok {
+		return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
+	}
+	why, text, err := f.host.WhyNot(ctx, fl)
+	if err != nil {
+		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return Protection{Why: why, WhyText: text}, nil
 }
 
 // Module is the built-in token API module: plugins.TokenAPI over a host
@@ -193,11 +178,10 @@ var _ plugins.TokenAPI = (*Module)(nil)
 
 // Serve listens on Config.Socket and serves until ctx ends.
 func (m *Module) Serve(ctx context.Context, host plugins.TokenHost) error {
-	h, ok := host.(Host)
-	if !ok {
-		return errors.New("tokenapi: obold's TokenHost lacks TokenSAs and WhyNot (tokenapi.Host); the token API cannot run with this obold")
+	if host == nil {
+		return errors.New("tokenapi: Serve needs obold's TokenHost")
 	}
-	srv, err := NewServer(m.Config, HostFacts(h), m.Log)
+	srv, err := NewServer(m.Config, HostFacts(host), m.Log)
 	if err != nil {
 		return err
 	}

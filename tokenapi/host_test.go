@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/obol-ipsec/obol/plugins"
@@ -54,15 +55,27 @@ func TestParseTS(t *testing.T) {
 }
 
 type fakeHost struct {
-	sas []TokenSA
-	err error
+	sas   []TokenSA
+	err   error
+	gen   *atomic.Uint64 // nil: generation 0 forever
+	calls *atomic.Int32  // TokenSAs calls, when set
 }
 
-func (h fakeHost) TokenSAs(context.Context) ([]TokenSA, error) { return h.sas, h.err }
+func (h fakeHost) TokenSAs(context.Context) (plugins.TokenSnapshot, error) {
+	if h.calls != nil {
+		h.calls.Add(1)
+	}
+	return plugins.TokenSnapshot{Generation: h.Generation(), SAs: h.sas}, h.err
+}
+func (h fakeHost) Generation() uint64 {
+	if h.gen == nil {
+		return 0
+	}
+	return h.gen.Load()
+}
 func (h fakeHost) WhyNot(_ context.Context, f Flow) (wire.Reason, string, error) {
 	return wire.ReasonOENoRecords, "no IPSECKEY for " + f.Remote.Addr().String(), nil
 }
-func (fakeHost) SAs(context.Context) ([]plugins.SASummary, error) { return nil, nil }
 
 func mustTS(t *testing.T, s ...string) []TS {
 	var out []TS
@@ -109,14 +122,34 @@ func TestHostFacts(t *testing.T) {
 	}
 }
 
-type oldHost struct{}
-
-func (oldHost) SAs(context.Context) ([]plugins.SASummary, error) { return nil, nil }
+// The facts keep their index while the host's generation stays, and take a
+// new snapshot once it moves.
+func TestHostFactsFollowGeneration(t *testing.T) {
+	h := fakeHost{sas: []TokenSA{{Child: Child{Name: "all"}, LocalTS: mustTS(t, "10.1.0.0/16"), RemoteTS: mustTS(t, "10.2.0.0/16")}},
+		gen: new(atomic.Uint64), calls: new(atomic.Int32)}
+	f := HostFacts(h)
+	flow := Flow{Local: netip.MustParseAddrPort("10.1.0.1:22"), Remote: netip.MustParseAddrPort("10.2.0.1:40000"), Protocol: 6}
+	for range 50 {
+		if p, err := f.Protection(context.Background(), flow); err != nil || !p.Protected {
+			t.Fatalf("Protection = %+v, %v", p, err)
+		}
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("50 queries in one generation took %d snapshots, want 1", n)
+	}
+	h.gen.Add(1)
+	if _, err := f.Protection(context.Background(), flow); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != 2 {
+		t.Fatalf("a new generation took %d snapshots in all, want 2", n)
+	}
+}
 
 func TestModuleNeedsHost(t *testing.T) {
 	m := &Module{Config: Config{Socket: "/nonexistent/dir/t.sock"}}
-	if err := m.Serve(context.Background(), oldHost{}); err == nil || !strings.Contains(err.Error(), "TokenSAs") {
-		t.Errorf("Serve with an old host: %v", err)
+	if err := m.Serve(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "TokenHost") {
+		t.Errorf("Serve without a host: %v", err)
 	}
 	if err := m.Serve(context.Background(), fakeHost{}); err == nil || !strings.Contains(err.Error(), "directory") {
 		t.Errorf("Serve without socket directory: %v", err)

@@ -1,9 +1,6 @@
 package tokenapi
 
-import (
-	"context"
-	"net/netip"
-)
+import "net/netip"
 
 // Index finds the CHILD_SA covering a flow without scanning every SA: SAs
 // whose remote selectors are single hosts (OE, host-to-host) are found by
@@ -62,11 +59,4 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 		return TokenSA{}, false
 	}
 	return ix.sas[best], true
-}
-
-// IndexedHost is a Host that keeps its SAs indexed (obold's does, updated
-// by charon's events); HostFacts then never scans all SAs per query.
-type IndexedHost interface {
-	Host
-	TokenIndex(ctx context.Context) (*Index, error)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/plugins"
@@ -22,11 +23,13 @@ type tokenHost struct {
 	auth map[uint32]*tokenapi.AuthLog // by IKE_SA unique id
 
 	// The token query path never waits for charon while nothing changed:
-	// the SAs are cached until an event says otherwise, and the first query
-	// after it rebuilds them with one list-sas.
+	// every event that may change the SAs moves gen, the module keeps its
+	// index while gen stays, and the first query after a move rebuilds the
+	// snapshot with one list-sas.
+	gen     atomic.Uint64
 	cacheMu sync.Mutex
-	cache   *tokenapi.Index
-	valid   bool
+	cache   plugins.TokenSnapshot
+	built   bool                // cache holds a snapshot (of generation cache.Generation)
 	classes map[string][]string // remote auth classes by conn (list-conns)
 }
 
@@ -37,16 +40,18 @@ func newTokenHost(d *Daemon) *tokenHost {
 // invalidate drops the cached SAs; forget also drops the conns' auth classes
 // (a reload or a new charon may have changed the conns).
 func (h *tokenHost) invalidate(forget bool) {
-	h.cacheMu.Lock()
-	h.valid = false
+	h.gen.Add(1)
 	if forget {
+		h.cacheMu.Lock()
 		h.classes = nil
+		h.cacheMu.Unlock()
 	}
-	h.cacheMu.Unlock()
 }
 
 var _ plugins.TokenHost = (*tokenHost)(nil)
-var _ tokenapi.IndexedHost = (*tokenHost)(nil)
+
+// Generation implements plugins.TokenHost.
+func (h *tokenHost) Generation() uint64 { return h.gen.Load() }
 
 // observe feeds charon's events: log lines become authentication evidence
 // per IKE_SA; a deleted IKE_SA's evidence is dropped.
@@ -78,42 +83,21 @@ func (h *tokenHost) observe(ev vici.Event) {
 	}
 }
 
-// SAs is the plugins.TokenHost summary.
-func (h *tokenHost) SAs(ctx context.Context) ([]plugins.SASummary, error) {
-	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{})
-	if err != nil {
-		return nil, err
-	}
-	var out []plugins.SASummary
-	for _, sa := range sas {
-		out = append(out, plugins.SASummary{IKEName: sa.Name, UniqueID: sa.UniqueID, LocalAddr: sa.LocalHost, RemoteAddr: sa.RemoteHost,
-			LocalID: sa.LocalID, RemoteID: sa.RemoteID, EncrAlg: sa.EncrAlg, IntegAlg: sa.IntegAlg})
-	}
-	return out, nil
-}
-
-// TokenSAs lists the installed CHILD_SAs with their peer's evidence, from
-// the cache when no event changed them.
-func (h *tokenHost) TokenSAs(ctx context.Context) ([]tokenapi.TokenSA, error) {
-	ix, err := h.TokenIndex(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return ix.SAs(), nil
-}
-
-// TokenIndex is the cached index of the installed CHILD_SAs.
-func (h *tokenHost) TokenIndex(ctx context.Context) (*tokenapi.Index, error) {
+// TokenSAs lists the installed CHILD_SAs with their peer's evidence: the
+// snapshot of the current generation, built with one list-sas when an event
+// moved the generation since the last one.
+func (h *tokenHost) TokenSAs(ctx context.Context) (plugins.TokenSnapshot, error) {
 	h.cacheMu.Lock()
 	defer h.cacheMu.Unlock()
-	if h.valid {
+	g := h.gen.Load() // read first: an event during the build moves it again
+	if h.built && h.cache.Generation == g {
 		return h.cache, nil
 	}
 	sas, err := h.build(ctx)
 	if err != nil {
-		return nil, err
+		return plugins.TokenSnapshot{}, err
 	}
-	h.cache, h.valid = tokenapi.NewIndex(sas), true
+	h.cache, h.built = plugins.TokenSnapshot{Generation: g, SAs: sas}, true
 	return h.cache, nil
 }
 

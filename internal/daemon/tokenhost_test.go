@@ -38,23 +38,27 @@ func TestTokenHostCache(t *testing.T) {
 	}
 	f.calls = nil
 	for range 100 {
-		sas, err := h.TokenSAs(ctx)
-		if err != nil || len(sas) != 1 {
-			t.Fatalf("TokenSAs = %+v, %v", sas, err)
+		snap, err := h.TokenSAs(ctx)
+		if err != nil || len(snap.SAs) != 1 {
+			t.Fatalf("TokenSAs = %+v, %v", snap, err)
 		}
 	}
 	if n := listSAs(); n != 1 {
 		t.Fatalf("100 queries asked charon %d times, want once", n)
 	}
-	sas, _ := h.TokenSAs(ctx)
-	if ev := sas[0].Peer.Evidence; ev.ConnClass != "pre-shared key" || ev.SecretOwners != 1 {
+	gen := h.Generation()
+	snap, _ := h.TokenSAs(ctx)
+	if ev := snap.SAs[0].Peer.Evidence; ev.ConnClass != "pre-shared key" || ev.SecretOwners != 1 {
 		t.Errorf("evidence for obold's own PSK conn: %+v", ev)
 	}
 	// An event: the next query sees the change.
 	f.sas[0].Children[0].State = "DELETING"
 	h.observe(vici.Event{Kind: vici.EventChildUpDown, SA: &f.sas[0]})
-	if sas, _ := h.TokenSAs(ctx); len(sas) != 0 || listSAs() != 2 {
-		t.Fatalf("after child-updown: %+v (list-sas %d)", sas, listSAs())
+	if h.Generation() == gen {
+		t.Fatal("child-updown did not move the generation")
+	}
+	if snap, _ := h.TokenSAs(ctx); len(snap.SAs) != 0 || listSAs() != 2 || snap.Generation != h.Generation() {
+		t.Fatalf("after child-updown: %+v (list-sas %d, generation %d)", snap, listSAs(), h.Generation())
 	}
 	// Auth log lines are evidence too.
 	h.observe(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{IKEID: 1, Message: "authentication of '192.0.2.2' with pre-shared key successful"}})

@@ -1,0 +1,133 @@
+package plugins
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/obol-ipsec/obol/tokenapi/wire"
+)
+
+// TokenAPI serves the application token API (specs/btns-abstract-api.txt)
+// on its own socket until ctx ends, asking host about the IPsec state.
+type TokenAPI interface {
+	Serve(ctx context.Context, host TokenHost) error
+}
+
+// TokenHost is what obold offers the token API module: the host's CHILD_SAs
+// (swanctl's and obold's) with what is known of each peer, and why a flow
+// has none. No keys and no SPIs cross this contract.
+type TokenHost interface {
+	// TokenSAs returns the installed CHILD_SAs, newest first, and the
+	// generation they are current for. It may ask charon, so a module calls
+	// it only when Generation has moved since its last snapshot.
+	TokenSAs(ctx context.Context) (TokenSnapshot, error)
+	// Generation changes whenever the SAs or what is known of their peers
+	// may have changed. It never blocks: a module checks it on every query
+	// and keeps using its own index of the last snapshot while it stays.
+	Generation() uint64
+	// WhyNot explains a flow no CHILD_SA covers: trap policies, the OE
+	// verdict for the remote address, label decisions, the last failure.
+	WhyNot(ctx context.Context, f TokenFlow) (wire.Reason, string, error)
+}
+
+// TokenSnapshot is the CHILD_SAs as of one generation.
+type TokenSnapshot struct {
+	Generation uint64
+	SAs        []TokenSA // newest first: the first covering SA wins
+}
+
+// TokenFlow is a socket's flow as the token API read it from the socket.
+type TokenFlow struct {
+	Local, Remote netip.AddrPort // IPv4-mapped addresses are unmapped
+	Protocol      uint8          // 6 TCP, 17 UDP, 132 SCTP
+}
+
+// TokenSA is one installed CHILD_SA as the token API sees it.
+type TokenSA struct {
+	Child             TokenChild
+	Peer              TokenPeer
+	LocalTS, RemoteTS []TrafficSelector
+}
+
+// TokenChild is what protects a flow: the CHILD_SA's algorithms and mode.
+type TokenChild struct {
+	IKEName  string // the conn
+	Name     string // the child config
+	Protocol string // "ESP" or "AH"
+	Mode     string // TUNNEL, TRANSPORT, BEET
+	EncrAlg  string // charon's name: AES_GCM_16, AES_CBC, NULL, ...; "" for AH
+	EncrKey  int    // key size in bits
+	IntegAlg string // "" with AEAD
+	IntegKey int
+	IPComp   bool   // IPComp CPIs are present
+	Encap    bool   // UDP encapsulation
+	Label    string // the SA's security label, "" when unlabeled
+}
+
+// TokenPeer is what is known of the authenticated IKE peer.
+type TokenPeer struct {
+	RemoteID      string // IKE identity
+	RemoteEAPID   string
+	RemoteXAuthID string
+	Evidence      AuthEvidence
+	// PeerKey and OurKey are the two IKE public keys when known (OE keys,
+	// pinned raw keys, certificate keys). Either may be empty.
+	PeerKey PublicKey
+	OurKey  PublicKey
+}
+
+// AuthEvidence is what obold can tell about how the peer was authenticated.
+// VICI has no per-SA authentication method, so it is pieced together from
+// the matched conn (list-conns) and charon's level-1 log lines.
+type AuthEvidence struct {
+	// ConnClass is the auth class of the conn's first remote round as
+	// list-conns reports it: "public key", "pre-shared key", "EAP", "XAuth",
+	// "any". Later rounds go to RoundClasses.
+	ConnClass    string
+	RoundClasses []string
+	// PinnedKey: the round pins raw public keys configured by the
+	// administrator (list-conns lists the round's ID as its certs).
+	PinnedKey bool
+	// SecretOwners counts the peer identities the matched IKE pre-shared
+	// key is bound to; 0 means a wildcard secret (any identity), -1 that
+	// obold cannot see them (a secret swanctl loaded).
+	SecretOwners int
+	// OE: the conn is obold's opportunistic conn; DNSSEC is the verdict
+	// on the DNS answer that gave the peer's key ("secure", "insecure").
+	OE     bool
+	DNSSEC string
+	// LogMethod is METHOD from "authentication of 'ID' with METHOD
+	// successful" for the peer's ID.
+	LogMethod string
+	// TrustedCADN is DN from `using trusted ca certificate "DN"` (the CA
+	// that verified an inline peer certificate).
+	TrustedCADN string
+	// TrustedCertDN is DN from `using trusted certificate "DN"`: the peer's
+	// own certificate (or pinned key) was in the local trusted store.
+	TrustedCertDN string
+	// PeerCertDN is the subject of the peer's end-entity certificate when
+	// one was used (`using certificate "DN"`).
+	PeerCertDN string
+	// Fetched: the certificate came from an HTTP/LDAP fetch (CDP/AIA or a
+	// cert URL), not from the IKE exchange.
+	Fetched bool
+}
+
+// TrafficSelector is an address range, a protocol (0 any) and a port range.
+type TrafficSelector struct {
+	From, To         netip.Addr
+	Proto            uint8
+	FromPort, ToPort uint16
+}
+
+// Covers says whether ap (with protocol proto) is inside ts.
+func (ts TrafficSelector) Covers(ap netip.AddrPort, proto uint8) bool {
+	a := ap.Addr().Unmap()
+	if a.BitLen() != ts.From.BitLen() || a.Less(ts.From) || ts.To.Less(a) {
+		return false
+	}
+	if ts.Proto != 0 && ts.Proto != proto {
+		return false
+	}
+	return ap.Port() >= ts.FromPort && ap.Port() <= ts.ToPort
+}
