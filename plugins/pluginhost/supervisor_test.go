@@ -35,7 +35,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startPlugin(t *testing.T, kind, mode string, mod func(*Spec)) (*Supervisor, *syncBuffer) {
+func startPlugin(t testing.TB, kind, mode string, mod func(*Spec)) (*Supervisor, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	spec := Spec{Kind: kind, Path: os.Args[0], Env: []string{"OBOL_TESTPLUGIN=" + mode}, CallTimeout: time.Second,
