@@ -91,6 +91,7 @@ type Supervisor struct {
 	lastErr  error
 	restarts int
 	closed   bool
+	done     chan struct{} // closed by Close: ends watch
 }
 
 // Status is what obolctl shows of a plugin.
@@ -115,7 +116,39 @@ func Start(ctx context.Context, spec Spec) (*Supervisor, error) {
 	if err := s.startLocked(ctx); err != nil {
 		return nil, err
 	}
+	s.done = make(chan struct{})
+	go s.watch()
 	return s, nil
+}
+
+// watchEvery is how often the supervisor looks for a dead plugin, so a
+// crashed plugin is back before the next call needs it.
+const watchEvery = 100 * time.Millisecond
+
+// watch restarts a plugin that exited, once its backoff has passed, without
+// waiting for a call to notice.
+func (s *Supervisor) watch() {
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
+		if s.client != nil && s.client.Exited() {
+			s.faultLocked(errors.New("the plugin process exited"))
+		}
+		if s.client == nil && !time.Now().Before(s.retryAt) {
+			s.restartLocked(context.Background())
+		}
+		s.mu.Unlock()
+	}
 }
 
 func (s *Supervisor) startLocked(ctx context.Context) error {
@@ -177,21 +210,34 @@ func (s *Supervisor) dispense(ctx context.Context) (any, error) {
 	if now := time.Now(); now.Before(s.retryAt) {
 		return nil, fmt.Errorf("%s plugin: %w after %v; restart in %v", s.spec.Kind, ErrDown, s.lastErr, s.retryAt.Sub(now).Round(time.Millisecond))
 	}
+	if err := s.restartLocked(ctx); err != nil {
+		return nil, fmt.Errorf("%s plugin: %w: %w", s.spec.Kind, ErrDown, err)
+	}
+	return s.raw, nil
+}
+
+func (s *Supervisor) restartLocked(ctx context.Context) error {
 	if err := s.startLocked(ctx); err != nil {
 		s.failures++
 		s.retryAt = time.Now().Add(s.backoffLocked())
 		s.lastErr = err
 		s.log.Error("module plugin restart failed", "err", err, "retry_in", time.Until(s.retryAt).Round(time.Millisecond))
-		return nil, fmt.Errorf("%s plugin: %w: %w", s.spec.Kind, ErrDown, err)
+		return err
 	}
 	s.restarts++
 	s.log.Warn("module plugin restarted", "restarts", s.restarts, "after", s.lastErr)
-	return s.raw, nil
+	return nil
 }
 
+// backoffLocked is the wait before the next start: none after a first
+// failure (a plugin that crashed once is back at once), then MinBackoff,
+// doubling with each failure in a row up to MaxBackoff.
 func (s *Supervisor) backoffLocked() time.Duration {
+	if s.failures <= 1 {
+		return 0
+	}
 	d := s.spec.MinBackoff
-	for i := 1; i < s.failures && d < s.spec.MaxBackoff; i++ {
+	for i := 2; i < s.failures && d < s.spec.MaxBackoff; i++ {
 		d *= 2
 	}
 	return min(d, s.spec.MaxBackoff)
@@ -251,6 +297,9 @@ func (s *Supervisor) PID() int {
 func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.closed && s.done != nil {
+		close(s.done)
+	}
 	s.closed = true
 	if s.client != nil {
 		s.client.Kill()

@@ -168,7 +168,7 @@ func TestBackoffGrows(t *testing.T) {
 		got = append(got, s.backoffLocked())
 	}
 	s.mu.Unlock()
-	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}
+	want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second}
 	for i := range want {
 		if got[i] != want[i] {
 			t.Fatalf("backoff %v, want %v", got, want)
@@ -176,16 +176,41 @@ func TestBackoffGrows(t *testing.T) {
 	}
 }
 
-// A killed plugin process (SIGKILL from outside) is replaced on the next
-// call after its backoff.
+// A killed plugin process (SIGKILL from outside) is replaced without
+// waiting for a call to notice.
 func TestKilledFromOutside(t *testing.T) {
 	s, _ := startPlugin(t, plugins.KindResolver, "modules", nil)
 	pid := s.PID()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUp(t, s)
-	if s.PID() == pid {
-		t.Fatal("still the killed process")
+	deadline := time.Now().Add(3 * time.Second)
+	for s.PID() == pid || s.PID() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no new plugin process 3s after the kill: %+v", s.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := lookup(s, netip.MustParseAddr("192.0.2.12")); err != nil {
+		t.Fatalf("first call after the restart: %v", err)
+	}
+}
+
+// A plugin that keeps failing to start is retried ever later, and calls
+// meanwhile fail at once saying why.
+func TestRestartFailsBacksOff(t *testing.T) {
+	s, _ := startPlugin(t, plugins.KindResolver, "modules", func(sp *Spec) { sp.MinBackoff, sp.MaxBackoff = 200*time.Millisecond, 200*time.Millisecond })
+	s.mu.Lock()
+	s.spec.Path = "/nonexistent/plugin" // every restart now fails
+	s.mu.Unlock()
+	syscall.Kill(s.PID(), syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond)
+	begin := time.Now()
+	_, err := lookup(s, netip.MustParseAddr("192.0.2.12"))
+	if !errors.Is(err, ErrDown) || time.Since(begin) > 100*time.Millisecond {
+		t.Fatalf("call while the plugin cannot start: %v after %v, want ErrDown at once", err, time.Since(begin))
+	}
+	if st := s.Status(); st.Running || !strings.Contains(st.LastError, "plugin path") {
+		t.Errorf("status %+v", st)
 	}
 }
