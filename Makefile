@@ -12,7 +12,7 @@ DEB_PKGS := charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plu
 	dnsutils iputils-ping netcat-openbsd gcc binutils valgrind \
 	qemu-system-x86 debootstrap e2fsprogs
 
-.PHONY: all build ctoken deps test unit e2e kernelesp demo bench fuzz vet clean check-clean
+.PHONY: all build plugins proto ctoken deps test unit e2e kernelesp demo bench fuzz vet clean check-clean
 
 all: build
 
@@ -28,10 +28,25 @@ deps:
 	@test -x "$(GO)" || { echo "make: no Go toolchain found (looked for go in PATH and /usr/local/go/bin); install Go 1.26" >&2; exit 1; }
 	@$(GO) mod download
 
-build: ctoken
+build: ctoken plugins
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obold ./cmd/obold
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/obolctl ./cmd/obolctl
 	$(GO) build -o $(BIN)/tokenserver ./examples/tokenserver
+
+# plugins builds the module plugin binaries: obol-module (obol's own
+# modules out of process).
+plugins:
+	$(GO) build -o $(BIN)/obol-module ./cmd/obol-module
+
+# proto regenerates the go-plugin gRPC code (committed; run after editing
+# plugins/proto). protoc comes from Debian's protobuf-compiler.
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+proto:
+	@command -v protoc >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq protobuf-compiler >/dev/null; }
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO_GRPC)
+	cd plugins && PATH=$(CURDIR)/$(BIN)/tools:$$PATH protoc -I proto --go_out=. --go_opt=module=github.com/obol-ipsec/obol/plugins \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/obol-ipsec/obol/plugins obol/plugins/v1/modules.proto
 
 # ctoken: the C client library of the token API (libc only) and its example.
 CTOKEN_CFLAGS ?= -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE -O2

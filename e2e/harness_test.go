@@ -255,3 +255,19 @@ func swanctl(t testing.TB, n *lab.Node, args ...string) string {
 	}
 	return string(out)
 }
+
+// waitLog waits until obold's log contains substr.
+func (o *obold) waitLog(substr string, limit time.Duration) {
+	o.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		b, _ := os.ReadFile(o.proc.Log)
+		if strings.Contains(string(b), substr) {
+			return
+		}
+		if time.Now().After(deadline) {
+			o.t.Fatalf("obold on %s did not log %q within %v", o.node.Name, substr, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

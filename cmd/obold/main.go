@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"os/user"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/plugins/pluginhost"
 	"github.com/obol-ipsec/obol/resolver"
 	"github.com/obol-ipsec/obol/tokenapi"
 	"github.com/obol-ipsec/obol/vici"
@@ -128,7 +130,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d := daemon.New(cfg, client, modules, log)
+	var modMu sync.Mutex // the running set, replaced on reload
+	defer func() {
+		modMu.Lock()
+		modules.Close()
+		modMu.Unlock()
+	}()
+	d := daemon.New(cfg, client, modules.Modules, log)
 	// The kernel side serves OE and labeled ACQUIREs.
 	if cfg.OE.Enabled() || !cfg.Labels.Empty() {
 		k, err := oeKernel(log)
@@ -162,7 +170,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 					log.Error("reload refused: a module cannot start with the new config; keeping the running config", "err", err)
 					continue
 				}
-				if err := d.Reload(ctx, nc, nm); err != nil {
+				err = d.Reload(ctx, nc, nm.Modules)
+				modMu.Lock()
+				old := modules
+				modules = nm
+				modMu.Unlock()
+				old.Close() // the daemon no longer calls the old set
+				if err != nil {
 					if ctx.Err() != nil {
 						log.Info("reload cut short: obold is stopping")
 						continue
@@ -185,28 +199,83 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	return err
 }
 
-// buildModules makes the built-in modules cfg asks for. obold uses them only
+// moduleSet is the modules obold runs with and what must be closed when
+// they are replaced or obold stops (plugin processes, the resolver's cache).
+type moduleSet struct {
+	plugins.Modules
+	closers []io.Closer
+}
+
+// Close ends the set's plugin processes and built-in resources.
+func (s moduleSet) Close() {
+	for _, c := range s.closers {
+		c.Close()
+	}
+}
+
+// buildModules makes the modules cfg asks for: built in, or as an external
+// go-plugin process where [modules.KIND] names one. obold uses them only
 // through the plugins interfaces.
-func buildModules(cfg *config.Config, log *slog.Logger) (plugins.Modules, error) {
-	m := plugins.Modules{XFRM: &xfrm.Checker{Kernel: xfrm.Netlink{}}}
-	if cfg.OE.Enabled() {
-		r, err := resolver.New(cfg.OE.DNS, resolver.Options{})
+func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err error) {
+	defer func() {
 		if err != nil {
-			return m, fmt.Errorf("resolver: %w", err)
+			set.Close()
 		}
-		m.Resolver = r
+	}()
+	external := func(kind string, p config.Plugin) (*pluginhost.Supervisor, error) {
+		s, err := pluginhost.Start(context.Background(), pluginhost.Spec{Kind: kind, Path: p.Path, Args: p.Args, Env: p.Env,
+			CallTimeout: time.Duration(p.CallTimeout), MaxBackoff: time.Duration(p.MaxBackoff), Log: log})
+		if err != nil {
+			return nil, err
+		}
+		set.closers = append(set.closers, s)
+		log.Info("module runs as a plugin", "module", kind, "plugin", p.Path, "pid", s.PID())
+		return s, nil
+	}
+	if cfg.Modules.XFRM.External() {
+		s, err := external(plugins.KindXFRM, cfg.Modules.XFRM)
+		if err != nil {
+			return set, err
+		}
+		set.XFRM = pluginhost.XFRMChecker(s)
+	} else {
+		set.XFRM = &xfrm.Checker{Kernel: xfrm.Netlink{}}
+	}
+	if cfg.OE.Enabled() {
+		if cfg.Modules.Resolver.External() {
+			s, err := external(plugins.KindResolver, cfg.Modules.Resolver)
+			if err != nil {
+				return set, err
+			}
+			set.Resolver = pluginhost.Resolver(s)
+		} else {
+			r, err := resolver.New(cfg.OE.DNS, resolver.Options{})
+			if err != nil {
+				return set, fmt.Errorf("resolver: %w", err)
+			}
+			set.closers = append(set.closers, r)
+			set.Resolver = r
+		}
 	}
 	if cfg.TokenAPI.Enabled {
-		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: log.With("module", "tokenapi")}
+		set.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: log.With("module", "tokenapi")}
 	}
 	if !cfg.Labels.Empty() {
-		lp, err := labels.New(cfg.Labels, nil)
-		if err != nil {
-			return m, fmt.Errorf("label policy: %w", err)
+		if cfg.Modules.Labels.External() {
+			s, err := external(plugins.KindLabels, cfg.Modules.Labels)
+			if err != nil {
+				return set, err
+			}
+			set.Labels = pluginhost.LabelPolicy(s)
+		} else {
+			lp, err := labels.New(cfg.Labels, nil)
+			if err != nil {
+				return set, fmt.Errorf("label policy: %w", err)
+			}
+			set.Labels = lp
 		}
-		m.Labels = lp
 	}
-	return m, nil
+	return set, nil
 }
 
 // kernelOE joins obold's policy installer and the ACQUIRE listener: the

@@ -31,7 +31,34 @@ type Config struct {
 	OE oe.Config `toml:"oe"`
 	// TokenAPI is the application token API ([tokenapi]).
 	TokenAPI TokenAPI `toml:"tokenapi"`
+	// Modules says which modules run as external go-plugin processes
+	// ([modules.resolver], [modules.labels], [modules.xfrm]); a module
+	// without a section runs built in.
+	Modules Modules `toml:"modules"`
 }
+
+// Modules names the external plugin of each module that has one.
+type Modules struct {
+	Resolver Plugin `toml:"resolver"`
+	Labels   Plugin `toml:"labels"`
+	XFRM     Plugin `toml:"xfrm"`
+}
+
+// Plugin is one module run as an external go-plugin binary.
+type Plugin struct {
+	// Path is the plugin binary; "" runs the module built in.
+	Path string   `toml:"plugin"`
+	Args []string `toml:"args"`
+	Env  []string `toml:"env"`
+	// CallTimeout bounds one call; a plugin that takes longer is killed
+	// and restarted (default 3s).
+	CallTimeout Duration `toml:"call_timeout"`
+	// MaxBackoff bounds the wait between restarts (default 10s).
+	MaxBackoff Duration `toml:"max_backoff"`
+}
+
+// External says whether the module runs as a plugin process.
+func (p Plugin) External() bool { return p.Path != "" }
 
 // TokenAPI switches the token API module on; its keys are tokenapi.Config's.
 type TokenAPI struct {
@@ -180,6 +207,9 @@ func (c *Config) resolvePaths() {
 		return filepath.Join(dir, p)
 	}
 	c.OE.KeyFile = abs(c.OE.KeyFile)
+	for _, m := range []*Plugin{&c.Modules.Resolver, &c.Modules.Labels, &c.Modules.XFRM} {
+		m.Path = abs(m.Path)
+	}
 	for i := range c.Conns {
 		cn := &c.Conns[i]
 		cn.PSKFile = abs(cn.PSKFile)

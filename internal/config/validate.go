@@ -73,6 +73,30 @@ func (c *Config) validate() []problem {
 			ps = append(ps, problem{"tokenapi", err.Error() + "; fix [tokenapi]"})
 		}
 	}
+	for _, m := range []struct {
+		key string
+		p   Plugin
+	}{{"modules.resolver", c.Modules.Resolver}, {"modules.labels", c.Modules.Labels}, {"modules.xfrm", c.Modules.XFRM}} {
+		if !m.p.External() {
+			if len(m.p.Args)+len(m.p.Env) > 0 || m.p.CallTimeout != 0 || m.p.MaxBackoff != 0 {
+				bad(m.key, "settings without a plugin: write plugin = \"/path/to/binary\" or remove the section (the module then runs built in)")
+			}
+			continue
+		}
+		if fi, err := os.Stat(m.p.Path); err != nil {
+			bad(m.key+".plugin", "plugin %q: %v; build it (make plugins) or fix the path (relative paths start at the config's directory)", m.p.Path, err)
+		} else if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+			bad(m.key+".plugin", "plugin %q is not an executable file; chmod +x it or fix the path", m.p.Path)
+		}
+		if m.p.CallTimeout < 0 || m.p.MaxBackoff < 0 {
+			bad(m.key, "call_timeout and max_backoff must not be negative; write e.g. \"3s\"")
+		}
+		for _, e := range m.p.Env {
+			if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+				bad(m.key+".env", "env entry %q is not KEY=VALUE", e)
+			}
+		}
+	}
 	entries := map[string]bool{}
 	for _, e := range c.Labels.Entries {
 		entries[e.Name] = true

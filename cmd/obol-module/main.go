@@ -1,0 +1,76 @@
+// Command obol-module serves one of obol's built-in modules as an external
+// go-plugin process, configured by the same TOML as obold:
+//
+//	[modules.resolver]
+//	plugin = "/usr/libexec/obol/obol-module"
+//	args = ["--config", "/etc/obol/obold.toml", "resolver"]
+//
+// It isolates a module in its own process (its own crashes, memory and
+// privileges) at the cost of an RPC per call; obold starts it, never a user.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/obol-ipsec/obol/internal/config"
+	"github.com/obol-ipsec/obol/internal/labels"
+	"github.com/obol-ipsec/obol/internal/xfrm"
+	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/resolver"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("obol-module", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "/etc/obol/obold.toml", "obold's TOML config (the module's section is read from it)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: obol-module [--config FILE] resolver|labels|xfrm  (started by obold as a go-plugin, not by hand)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return 2
+	}
+	if os.Getenv(plugins.Handshake.MagicCookieKey) != plugins.Handshake.MagicCookieValue {
+		fmt.Fprintln(stderr, "obol-module: this is an obol module plugin; obold starts it (name it in [modules.KIND] plugin)")
+		return 1
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	var m plugins.Modules
+	switch kind := fs.Arg(0); kind {
+	case plugins.KindResolver:
+		r, err := resolver.New(cfg.OE.DNS, resolver.Options{})
+		if err != nil {
+			fmt.Fprintf(stderr, "obol-module: resolver: %v\n", err)
+			return 1
+		}
+		defer r.Close()
+		m.Resolver = r
+	case plugins.KindLabels:
+		lp, err := labels.New(cfg.Labels, nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "obol-module: label policy: %v\n", err)
+			return 1
+		}
+		m.Labels = lp
+	case plugins.KindXFRM:
+		m.XFRM = &xfrm.Checker{Kernel: xfrm.Netlink{}}
+	default:
+		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels or xfrm\n", kind)
+		return 2
+	}
+	plugins.Serve(m)
+	return 0
+}

@@ -1,0 +1,149 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/obol-ipsec/obol/plugins/pluginpb"
+)
+
+// ResolverPlugin is the go-plugin glue of the Resolver contract: obold
+// dispenses it as a client, a plugin binary serves Impl.
+type ResolverPlugin struct {
+	goplugin.NetRPCUnsupportedPlugin
+	Impl Resolver
+}
+
+// GRPCServer registers Impl (plugin side).
+func (p *ResolverPlugin) GRPCServer(_ *goplugin.GRPCBroker, s *grpc.Server) error {
+	if p.Impl == nil {
+		return errors.New("plugins: ResolverPlugin served without an Impl")
+	}
+	pluginpb.RegisterResolverServer(s, &resolverServer{impl: p.Impl})
+	return nil
+}
+
+// GRPCClient returns a Resolver talking to the plugin (obold side).
+func (p *ResolverPlugin) GRPCClient(_ context.Context, _ *goplugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return &resolverClient{rpc: pluginpb.NewResolverClient(c)}, nil
+}
+
+type resolverServer struct {
+	pluginpb.UnimplementedResolverServer
+	impl Resolver
+}
+
+func (s *resolverServer) Lookup(ctx context.Context, req *pluginpb.LookupRequest) (*pluginpb.LookupReply, error) {
+	q := LookupQuery{FQDN: req.GetFqdn()}
+	if a := req.GetAddr(); a != "" {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("lookup request: addr %q: %w", a, err)
+		}
+		q.Addr = addr
+	}
+	ans, err := s.impl.Lookup(ctx, q)
+	rep := &pluginpb.LookupReply{Dnssec: string(ans.DNSSEC), TtlNs: int64(ans.TTL), Name: ans.Name, Skipped: ans.Skipped, Unusable: ans.Unusable}
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	for _, gw := range ans.Gateways {
+		g := &pluginpb.Gateway{Precedence: int32(gw.Precedence), Fqdn: gw.FQDN, Source: gw.Source}
+		if gw.Addr.IsValid() {
+			g.Addr = gw.Addr.String()
+		}
+		for _, k := range gw.Keys {
+			g.Keys = append(g.Keys, &pluginpb.PublicKey{Algorithm: k.Algorithm, Data: k.Data})
+		}
+		rep.Gateways = append(rep.Gateways, g)
+	}
+	return rep, nil
+}
+
+type resolverClient struct {
+	rpc pluginpb.ResolverClient
+}
+
+// Lookup asks the plugin. A transport failure comes back as a *CallError;
+// an answer that breaks the contract as a *GarbageError.
+func (c *resolverClient) Lookup(ctx context.Context, q LookupQuery) (LookupAnswer, error) {
+	req := &pluginpb.LookupRequest{Fqdn: q.FQDN}
+	if q.Addr.IsValid() {
+		req.Addr = q.Addr.String()
+	}
+	rep, err := c.rpc.Lookup(ctx, req)
+	if err != nil {
+		return LookupAnswer{}, callError("resolver", "Lookup", err)
+	}
+	ans, err := lookupAnswerFrom(rep)
+	if err != nil {
+		return LookupAnswer{}, &GarbageError{Module: "resolver", Call: "Lookup", Err: err}
+	}
+	if rep.GetError() != "" {
+		return ans, errors.New(rep.GetError())
+	}
+	return ans, nil
+}
+
+// maxGateways and maxKeys bound what a plugin may hand obold in one answer.
+const (
+	maxGateways = 64
+	maxKeys     = 16
+)
+
+func lookupAnswerFrom(rep *pluginpb.LookupReply) (LookupAnswer, error) {
+	ans := LookupAnswer{TTL: time.Duration(rep.GetTtlNs()), Name: rep.GetName(), Skipped: rep.GetSkipped(), Unusable: rep.GetUnusable()}
+	switch s := DNSSECStatus(rep.GetDnssec()); s {
+	case "", DNSSECSecure, DNSSECInsecure, DNSSECBogus:
+		ans.DNSSEC = s
+	default:
+		return LookupAnswer{}, fmt.Errorf("dnssec %q: want secure, insecure or bogus", s)
+	}
+	if ans.TTL < 0 {
+		return LookupAnswer{}, fmt.Errorf("ttl %v is negative", ans.TTL)
+	}
+	if len(rep.GetGateways()) > maxGateways {
+		return LookupAnswer{}, fmt.Errorf("%d gateways, more than %d", len(rep.GetGateways()), maxGateways)
+	}
+	if rep.GetUnusable() != "" && len(rep.GetGateways()) > 0 {
+		return LookupAnswer{}, errors.New("an unusable answer must carry no gateways")
+	}
+	for i, g := range rep.GetGateways() {
+		gw := Gateway{Precedence: int(g.GetPrecedence()), FQDN: g.GetFqdn(), Source: g.GetSource()}
+		if gw.Precedence < 0 || gw.Precedence > 65536 {
+			return LookupAnswer{}, fmt.Errorf("gateway %d: precedence %d outside 0..65536", i, gw.Precedence)
+		}
+		if a := g.GetAddr(); a != "" {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return LookupAnswer{}, fmt.Errorf("gateway %d: addr %q: %w", i, a, err)
+			}
+			gw.Addr = addr
+		}
+		if !gw.Addr.IsValid() && gw.FQDN == "" {
+			return LookupAnswer{}, fmt.Errorf("gateway %d: neither addr nor fqdn", i)
+		}
+		if len(g.GetKeys()) > maxKeys {
+			return LookupAnswer{}, fmt.Errorf("gateway %d: %d keys, more than %d", i, len(g.GetKeys()), maxKeys)
+		}
+		for j, k := range g.GetKeys() {
+			switch {
+			case k.GetAlgorithm() == "ed25519" && len(k.GetData()) != 32:
+				return LookupAnswer{}, fmt.Errorf("gateway %d key %d: ed25519 key of %d bytes, want 32", i, j, len(k.GetData()))
+			case k.GetAlgorithm() == "rsa" && len(k.GetData()) < 3:
+				return LookupAnswer{}, fmt.Errorf("gateway %d key %d: rsa key of %d bytes", i, j, len(k.GetData()))
+			case k.GetAlgorithm() != "rsa" && k.GetAlgorithm() != "ed25519":
+				return LookupAnswer{}, fmt.Errorf("gateway %d key %d: algorithm %q, want rsa or ed25519", i, j, k.GetAlgorithm())
+			}
+			gw.Keys = append(gw.Keys, PublicKey{Algorithm: k.GetAlgorithm(), Data: k.GetData()})
+		}
+		ans.Gateways = append(ans.Gateways, gw)
+	}
+	return ans, nil
+}

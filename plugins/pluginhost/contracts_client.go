@@ -1,0 +1,48 @@
+package pluginhost
+
+import (
+	"context"
+
+	"github.com/obol-ipsec/obol/plugins"
+)
+
+// Resolver is a plugins.Resolver served by the supervised plugin.
+func Resolver(s *Supervisor) plugins.Resolver { return resolver{s} }
+
+type resolver struct{ s *Supervisor }
+
+func (r resolver) Lookup(ctx context.Context, q plugins.LookupQuery) (plugins.LookupAnswer, error) {
+	return call(ctx, r.s, func(ctx context.Context, c plugins.Resolver) (plugins.LookupAnswer, error) { return c.Lookup(ctx, q) })
+}
+
+// LabelPolicy is a plugins.LabelPolicy served by the supervised plugin.
+func LabelPolicy(s *Supervisor) plugins.LabelPolicy { return labelPolicy{s} }
+
+type labelPolicy struct{ s *Supervisor }
+
+func (l labelPolicy) Authorize(ctx context.Context, r plugins.LabelRequest) (plugins.LabelDecision, error) {
+	return call(ctx, l.s, func(ctx context.Context, c plugins.LabelPolicy) (plugins.LabelDecision, error) {
+		return c.Authorize(ctx, r)
+	})
+}
+
+func (l labelPolicy) Children(ctx context.Context, entry string) ([]plugins.LabeledChild, error) {
+	return call(ctx, l.s, func(ctx context.Context, c plugins.LabelPolicy) ([]plugins.LabeledChild, error) {
+		return c.Children(ctx, entry)
+	})
+}
+
+// XFRMChecker is a plugins.XFRMChecker served by the supervised plugin.
+func XFRMChecker(s *Supervisor) plugins.XFRMChecker { return xfrmChecker{s} }
+
+type xfrmChecker struct{ s *Supervisor }
+
+func (x xfrmChecker) Datapath(ctx context.Context, charonPlugins []string) (plugins.Datapath, error) {
+	return call(ctx, x.s, func(ctx context.Context, c plugins.XFRMChecker) (plugins.Datapath, error) {
+		return c.Datapath(ctx, charonPlugins)
+	})
+}
+
+func (x xfrmChecker) Check(ctx context.Context, want []plugins.Policy) (plugins.Report, error) {
+	return call(ctx, x.s, func(ctx context.Context, c plugins.XFRMChecker) (plugins.Report, error) { return c.Check(ctx, want) })
+}
