@@ -111,7 +111,7 @@ type Engine struct {
 	id     string // our IKE identity on Address (logs, the acceptor conn)
 	// local are our IKE addresses (Address, Address6), one per family.
 	local []netip.Addr
-	log    *slog.Logger
+	log   *slog.Logger
 
 	mu      sync.Mutex
 	tunnels map[xfrm.Pair]*Tunnel
