@@ -233,7 +233,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	} else if n > 0 {
 		e.log.Info("adopted OE tunnels left by an earlier obold", "tunnels", n)
 	}
-	e.log.Info("OE started", "identity", e.id, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
+	e.log.Info("OE started", "identity", e.id, "addresses", e.local, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
 }
 

@@ -262,3 +262,39 @@ func TestConfigIPv6(t *testing.T) {
 		})
 	}
 }
+
+// TestLookupIPv6: obolctl lookup for IPv6 destinations says what the
+// engine would do, including when a gateway's family has no IKE address
+// here.
+func TestLookupIPv6(t *testing.T) {
+	dst := netip.MustParseAddr("2001:db8:2::10")
+	tests := []struct {
+		name          string
+		address       string
+		address6      string
+		gw            string
+		wantAction    string
+		wantResponder string
+	}{
+		{"dual stack, IPv6 gateway", "192.0.2.1", "2001:db8::1", "2001:db8:2::1", "would initiate OE to gateway 2001:db8:2::1 (IPSECKEY, DNSSEC secure)", "would accept it behind gateway 2001:db8:2::1"},
+		{"dual stack, the destination itself", "192.0.2.1", "2001:db8::1", dst.String(), "would initiate OE to gateway 2001:db8:2::10", "would answer OE from it, authenticating it with the key from IPSECKEY"},
+		{"IPv6-only host, IPv4 gateway", "2001:db8::1", "", "192.0.2.2", "would drop: private and its gateways are of an address family this host has no IKE address for", "would refuse OE from it as initiator"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Address: tt.address, Address6: tt.address6, KeyFile: "k.pem", DNS: resolver.Defaults(),
+				Groups: []policy.GroupConfig{groupConfig("private", "::/0")}}
+			cfg.DNS.Server = "192.0.2.53:53"
+			res := &fakeDNS{answers: map[netip.Addr]plugins.LookupAnswer{}, errs: map[netip.Addr]error{}}
+			res.answers[dst] = plugins.LookupAnswer{Name: "0.1.0.0.ip6.arpa.", Gateways: []plugins.Gateway{gateway(t, tt.gw, 10)}, DNSSEC: plugins.DNSSECSecure}
+			e, err := New(cfg, Params{Resolver: res, Prefix: "obol-"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := e.Lookup(context.Background(), dst)
+			if l.Decision.Group != policy.Private || !strings.HasPrefix(l.Action, tt.wantAction) || !strings.Contains(l.Responder, tt.wantResponder) {
+				t.Errorf("lookup %s:\naction    %q\nresponder %q\nwant      %q / %q", dst, l.Action, l.Responder, tt.wantAction, tt.wantResponder)
+			}
+		})
+	}
+}
