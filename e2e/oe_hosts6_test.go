@@ -131,6 +131,15 @@ func TestHostOEIPv6(t *testing.T) {
 	if tr.Pair.Src != b6 || tr.Gateway != a6.String() {
 		t.Errorf("hostb's responder tunnel: %+v (all: %+v)", tr, ob.oeList())
 	}
+	// kernel-libipsec routes the pair through its TUN device in table 220
+	// for IPv6 as for IPv4; IKE and ESP-in-UDP (fwmark 0x42) skip it.
+	if out := run(t, ha, "ip", "-6", "route", "show", "table", "220"); !strings.Contains(out, b6.String()) {
+		t.Errorf("hosta: no IPv6 route to %s in table 220:\n%s", b6, out)
+	}
+	if out := run(t, ha, "ip", "-6", "rule", "show"); !strings.Contains(out, "not from all fwmark 0x42 lookup 220") {
+		t.Errorf("hosta: no IPv6 rule sending unmarked traffic to table 220:\n%s", out)
+	}
+	t.Logf("hosta table 220 (IPv6): %s", run(t, ha, "ip", "-6", "route", "show", "table", "220"))
 	// Neighbour discovery went on under the ::/0 traps.
 	if out := run(t, ha, "ip", "-6", "neigh", "show", b6.String()); !strings.Contains(out, "lladdr") {
 		t.Errorf("hosta has no neighbour entry for %s: %q", b6, out)
