@@ -29,9 +29,10 @@ func ip6Owner(t testing.TB, a netip.Addr) string {
 }
 
 // oeHost6 is a dual-stack OE host: IKE from v4 and v6, IPv6 everywhere
-// private-or-clear (a ::/0 trap: NDP, link-local and multicast must still
-// work), private towards the addresses in private6.
-func oeHost6(addr4, addr6 netip.Addr, key oeKey, private6 ...netip.Addr) string {
+// private-or-clear (a ::/0 trap: NDP, link-local, multicast, the host's
+// own addresses and a resolver reached over IPv6 must still work), private
+// towards the addresses in private6.
+func oeHost6(addr4, addr6 netip.Addr, key oeKey, resolver netip.AddrPort, private6 ...netip.Addr) string {
 	var priv []string
 	for _, a := range private6 {
 		priv = append(priv, fmt.Sprintf("%q", netip.PrefixFrom(a, 128).String()))
@@ -47,7 +48,7 @@ address6 = %q
 key_file = %q
 initial_lifespan = "30s"
 [oe.dns]
-server = "192.0.2.53:53"
+server = %q
 require_dnssec = true
 %s[[oe.group]]
 group = "private-or-clear"
@@ -55,7 +56,7 @@ cidrs = ["::/0"]
 [[oe.group]]
 group = "clear-or-private"
 cidrs = ["192.0.2.0/24"]
-`, addr4, addr6, key.pemFile, groups)
+`, addr4, addr6, key.pemFile, resolver.String(), groups)
 }
 
 // TestHostOEIPv6: host OE over IPv6 between hosta and hostb from DNS
@@ -78,8 +79,14 @@ func TestHostOEIPv6(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	oa := startObold(t, ha, oeHost6(lab.HostAAddr, a6, ka, b6, dns6))
-	ob := startObold(t, hb, oeHost6(lab.HostBAddr, b6, kb))
+	// hosta asks unbound over IPv4, hostb over IPv6 (through its ::/0 trap:
+	// obold bypasses its resolver).
+	oa := startObold(t, ha, oeHost6(lab.HostAAddr, a6, ka, l.DNSServer(), b6, dns6))
+	ob := startObold(t, hb, oeHost6(lab.HostBAddr, b6, kb, l.DNSServer6()))
+	// The hosts' own IPv6 addresses stay reachable under the ::/0 trap.
+	for _, own := range []string{"::1", b6.String()} {
+		run(t, hb, "ping", "-6", "-c", "1", "-W", "1", own)
+	}
 
 	// obolctl records prints the ip6.arpa records the zone above holds.
 	recs, err := oa.ctl("records", "--config", oa.config)
@@ -128,7 +135,7 @@ func TestHostOEIPv6(t *testing.T) {
 			tr = tu
 		}
 	}
-	if tr.Pair.Src != b6 || tr.Gateway != a6.String() {
+	if tr.Pair.Src != b6 || tr.Gateway != a6.String() || tr.DNSSEC != "secure" {
 		t.Errorf("hostb's responder tunnel: %+v (all: %+v)", tr, ob.oeList())
 	}
 	// kernel-libipsec routes the pair through its TUN device in table 220
@@ -143,6 +150,17 @@ func TestHostOEIPv6(t *testing.T) {
 	// Neighbour discovery went on under the ::/0 traps.
 	if out := run(t, ha, "ip", "-6", "neigh", "show", b6.String()); !strings.Contains(out, "lladdr") {
 		t.Errorf("hosta has no neighbour entry for %s: %q", b6, out)
+	}
+
+	// What obold installed for IPv6 (traps, bypasses, per-pair allows) is
+	// what it says it wants.
+	for _, o := range []*obold{oa, ob} {
+		if out, err := o.ctl("xfrm", "check"); err != nil {
+			t.Errorf("obolctl xfrm check on %s: %v\n%s", o.node.Name, err, out)
+		}
+	}
+	if out := run(t, ha, "ip", "-6", "xfrm", "policy", "list"); !strings.Contains(out, "proto ipv6-icmp type 136") || !strings.Contains(out, "src "+a6.String()+"/128 dst "+b6.String()+"/128") {
+		t.Errorf("hosta: no NA bypass or per-pair allow among its IPv6 policies:\n%s", out)
 	}
 
 	// obolctl lookup for an IPv6 address: ip6.arpa, the IPv6 gateway.
