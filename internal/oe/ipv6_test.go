@@ -298,3 +298,45 @@ func TestLookupIPv6(t *testing.T) {
 		})
 	}
 }
+
+// TestAdoptIPv6: a restarted obold adopts IPv6 tunnels, initiator and
+// responder, with their per-pair allows; the responder pair's source is
+// our IPv6 address.
+func TestAdoptIPv6(t *testing.T) {
+	r := newRig(t, "private-or-clear=::/0", dualStack)
+	a6, b6, c6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::3")
+	r.dns.answers[b6] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, b6.String(), 10)}}
+	r.e.HandleAcquire(acquire(a6.String(), b6.String(), 0))
+	up := r.tunnel(t, a6.String(), b6.String(), StateUp)
+	r.e.Leave()
+	r.ch.sas = []vici.IKESA{
+		{Name: up.Conn, RemoteHost: b6, RemoteID: b6.String(),
+			Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::2/128"}}}},
+		{Name: "obol-oe-r-2001-db8--3", RemoteHost: c6, RemoteID: c6.String(),
+			Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::3/128"}}}},
+	}
+	e2, err := New(r.e.cfg, Params{Charon: r.ch, Kernel: r.e.p.Kernel, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: r.e.log, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := map[xfrm.Pair]string{}
+	for _, tu := range e2.Tunnels() {
+		if tu.State == StateUp {
+			got[tu.Pair] = tu.Role
+		}
+	}
+	want := map[xfrm.Pair]string{{Src: a6, Dst: b6}: "initiator", {Src: a6, Dst: c6}: "responder"}
+	if len(got) != len(want) || got[xfrm.Pair{Src: a6, Dst: b6}] != "initiator" || got[xfrm.Pair{Src: a6, Dst: c6}] != "responder" {
+		t.Fatalf("adopted %v, want %v", got, want)
+	}
+	if n := len(r.policies(t, xfrm.Allow, "2001:db8::1/128", "2001:db8::2/128")) + len(r.policies(t, xfrm.Allow, "2001:db8::2/128", "2001:db8::1/128")); n != 2 {
+		t.Fatalf("%d IPv6 allow policies for the adopted pair, want 2", n)
+	}
+	e2.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: up.Conn}})
+	if n := len(r.policies(t, xfrm.Allow, "2001:db8::1/128", "2001:db8::2/128")) + len(r.policies(t, xfrm.Allow, "2001:db8::2/128", "2001:db8::1/128")); n != 0 {
+		t.Errorf("%d IPv6 allow policies left after the adopted tunnel's Delete", n)
+	}
+}
