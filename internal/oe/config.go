@@ -189,9 +189,9 @@ func (c Config) families() (v4, v6 bool) {
 	return v4, v6
 }
 
-// LocalAddrs are this host's IKE addresses, Address first, then Address6
+// IKEAddrs are this host's IKE addresses, Address first, then Address6
 // when set. Call it on a validated config.
-func (c Config) LocalAddrs() []netip.Addr {
+func (c Config) IKEAddrs() []netip.Addr {
 	var out []netip.Addr
 	for _, s := range []string{c.Address, c.Address6} {
 		if a, err := netip.ParseAddr(s); err == nil {

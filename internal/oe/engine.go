@@ -147,7 +147,7 @@ func New(cfg Config, p Params) (*Engine, error) {
 		p.Band = xfrm.DefaultBand
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
-	e.local = cfg.LocalAddrs()
+	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
 		if pub, err := x509.ParsePKIXPublicKey(blk.Bytes); err == nil {
