@@ -163,6 +163,16 @@ func TestHostOEIPv6(t *testing.T) {
 		t.Errorf("hosta: no NA bypass or per-pair allow among its IPv6 policies:\n%s", out)
 	}
 
+	// The human forms name the IPv6 pair and gateway too.
+	if out, err := oa.ctl("oe", "list"); err != nil || !strings.Contains(string(out), b6.String()) || !strings.Contains(string(out), "up") {
+		t.Errorf("obolctl oe list on hosta: %v\n%s", err, out)
+	}
+	if out, err := oa.ctl("lookup", b6.String()); err != nil || !strings.Contains(string(out), "ip6.arpa") || !strings.Contains(string(out), "would initiate OE to gateway "+b6.String()) {
+		t.Errorf("obolctl lookup %s on hosta: %v\n%s", b6, err, out)
+	} else {
+		t.Logf("obolctl lookup %s:\n%s", b6, out)
+	}
+
 	// obolctl lookup for an IPv6 address: ip6.arpa, the IPv6 gateway.
 	var lk control.OELookup
 	oa.ctlJSON(&lk, "lookup", b6.String())
