@@ -217,3 +217,75 @@ func TestHostOEIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestHostOEIPv6OverIPv4: an IPv6 pair whose reverse maps name the hosts'
+// IPv4 addresses as their gateways: IKE and ESP-in-UDP run over IPv4, the
+// tunnel carries IPv6, and hostb accepts hosta's IPv6 address because its
+// ip6.arpa map delegates to hosta's IPv4 address. Nothing IPv6 between the
+// two addresses appears on the wire.
+func TestHostOEIPv6OverIPv4(t *testing.T) {
+	l := startLab(t, lab.Options{IPv6: true, Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	a6, b6 := lab.HostAAddr6, lab.HostBAddr6
+	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
+	for _, z := range []lab.Zone{
+		{Name: "2.0.192.in-addr.arpa.", Records: []string{
+			"11 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns,
+			"12 300 IN IPSECKEY 10 1 2 192.0.2.12 " + kb.dns,
+		}},
+		{Name: ip6Zone, Records: []string{
+			ip6Owner(t, a6) + " 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns,
+			ip6Owner(t, b6) + " 300 IN IPSECKEY 10 1 2 192.0.2.12 " + kb.dns,
+		}},
+	} {
+		if err := l.SetZone(ctx, z); err != nil {
+			t.Fatalf("zone %s: %v", z.Name, err)
+		}
+	}
+	oa := startObold(t, ha, oeHost6(lab.HostAAddr, a6, ka, l.DNSServer(), b6))
+	ob := startObold(t, hb, oeHost6(lab.HostBAddr, b6, kb, l.DNSServer()))
+
+	clear := wire(t, l, fmt.Sprintf("ip6 and host %s and host %s and not (icmp6 and (ip6[40] >= 133 and ip6[40] <= 137))", a6, b6))
+	esp := wire(t, l, "ip and udp port 4500 and host 192.0.2.11 and host 192.0.2.12")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := ha.Exec(ctx, "ping", "-6", "-c", "1", "-W", "1", b6.String()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosta never reached %s: hosta %+v hostb %+v", b6, oa.oeList(), ob.oeList())
+		}
+	}
+	tcpTransfer(t, ha, hb, b6.String(), 5007)
+	assertEncrypted(t, clear, esp)
+
+	var ti oe.Tunnel
+	for _, tu := range oa.oeList() {
+		if tu.Pair.Dst == b6 && tu.State == oe.StateUp {
+			ti = tu
+		}
+	}
+	if ti.Pair.Src != a6 || ti.Gateway != lab.HostBAddr.String() {
+		t.Fatalf("hosta's tunnel for %s: %+v (all: %+v)", b6, ti, oa.oeList())
+	}
+	sa := findSA(oa.sas(), ti.Conn)
+	if sa == nil || sa.LocalID != lab.HostAAddr.String() || sa.RemoteID != lab.HostBAddr.String() {
+		t.Fatalf("hosta's SA %s: %+v", ti.Conn, sa)
+	}
+	var tr oe.Tunnel
+	for _, tu := range ob.oeList() {
+		if tu.Role == "responder" && tu.State == oe.StateUp {
+			tr = tu
+		}
+	}
+	if tr.Pair.Dst != lab.HostAAddr || tr.Reason != "" {
+		t.Errorf("hostb's responder tunnel: %+v (all: %+v)", tr, ob.oeList())
+	}
+	if out := run(t, hb, "ip", "-6", "xfrm", "policy", "list"); !strings.Contains(out, "src "+b6.String()+"/128 dst "+a6.String()+"/128") {
+		t.Errorf("hostb: no per-pair allow for the delegated IPv6 client:\n%s", out)
+	}
+	oa.stop()
+	ob.stop()
+}

@@ -761,16 +761,27 @@ func (e *Engine) respond(peer netip.Addr) {
 			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
 			return
 		}
-		local := []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()}
-		if len(e.cfg.Protect) > 0 {
-			local = append(local, e.cfg.Protect...)
+		// The tunnel may carry either family whatever IKE runs over (an
+		// IPv6 pair behind an IPv4 gateway): offer all our addresses and
+		// accept any initiator address of each family; charon narrows to
+		// what the initiator asked.
+		local := []string{hostPrefix(pair.Src).String()}
+		remote := []string{anyOf(peer).String()}
+		for _, a := range e.local {
+			if a != pair.Src {
+				local = append(local, hostPrefix(a).String())
+				remote = append(remote, anyOf(a).String())
+			}
 		}
+		local = append(local, e.cfg.Protect...)
 		conn, err := e.peerConn(t.Conn, *gw, pair)
 		if err == nil {
 			// The initiator's clients are checked against their reverse
-			// map's delegation once charon narrowed the selectors.
+			// map's delegation once charon narrowed the selectors (a pair
+			// address of the other family is such a client: its reverse
+			// map must name the initiator's IKE address).
 			conn.Children[0].LocalTS = local
-			conn.Children[0].RemoteTS = []string{anyOf(peer).String()}
+			conn.Children[0].RemoteTS = remote
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		e.mu.Lock()

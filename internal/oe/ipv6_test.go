@@ -192,7 +192,7 @@ func TestIPv6Responder(t *testing.T) {
 	if len(c.LocalAddrs) != 1 || c.LocalAddrs[0] != "2001:db8::1" || c.Local[0].ID != "2001:db8::1" || c.Remote[0].ID != "2001:db8::2" {
 		t.Fatalf("responder conn %+v", c)
 	}
-	if c.Children[0].LocalTS[0] != "2001:db8::1/128" || c.Children[0].RemoteTS[0] != "::/0" {
+	if strings.Join(c.Children[0].LocalTS, ",") != "2001:db8::1/128,192.0.2.1/32,10.1.0.0/24" || strings.Join(c.Children[0].RemoteTS, ",") != "::/0,0.0.0.0/0" {
 		t.Errorf("responder child TS %v -> %v", c.Children[0].LocalTS, c.Children[0].RemoteTS)
 	}
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-2001-db8--2", RemoteHost: peer,
@@ -338,5 +338,51 @@ func TestAdoptIPv6(t *testing.T) {
 	e2.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: up.Conn}})
 	if n := len(r.policies(t, xfrm.Allow, "2001:db8::1/128", "2001:db8::2/128")) + len(r.policies(t, xfrm.Allow, "2001:db8::2/128", "2001:db8::1/128")); n != 0 {
 		t.Errorf("%d IPv6 allow policies left after the adopted tunnel's Delete", n)
+	}
+}
+
+// TestIPv6OverIPv4Responder: an IPv4 initiator asks for an IPv6 pair. Its
+// IPv6 address is a client of its IPv4 IKE address: accepted only when
+// that address's ip6.arpa map names the initiator as its gateway.
+func TestIPv6OverIPv4Responder(t *testing.T) {
+	r := newRig(t, "private-or-clear=::/0;clear-or-private=192.0.2.0/24", dualStack)
+	peer := netip.MustParseAddr("192.0.2.2")
+	r.dns.answers[peer] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, peer.String(), 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2[500] is initiating an IKE_SA"}})
+	var c vici.Conn
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ok bool
+		if c, ok = r.ch.conn("obol-oe-r-192-0-2-2"); ok || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if c.LocalAddrs[0] != "192.0.2.1" || strings.Join(c.Children[0].LocalTS, ",") != "192.0.2.1/32,2001:db8::1/128,10.1.0.0/24" || strings.Join(c.Children[0].RemoteTS, ",") != "0.0.0.0/0,::/0" {
+		t.Fatalf("responder conn %+v", c)
+	}
+	tests := []struct {
+		name      string
+		client    string
+		gateway   string // what the client's ip6.arpa map names
+		child     uint32
+		wantAllow bool
+	}{
+		{"delegated to the initiator", "2001:db8::2", "192.0.2.2", 5, true},
+		{"delegated elsewhere", "2001:db8::3", "192.0.2.99", 6, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := netip.MustParseAddr(tt.client)
+			r.dns.answers[client] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gateway, 10)}}
+			before := len(r.ch.terminated)
+			r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: peer,
+				Children: []vici.ChildSA{{UniqueID: tt.child, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{tt.client + "/128"}}}}})
+			allowed := len(r.policies(t, xfrm.Allow, "2001:db8::1/128", tt.client+"/128")) == 1 && len(r.policies(t, xfrm.Allow, tt.client+"/128", "2001:db8::1/128")) == 1
+			terminated := len(r.ch.terminated) > before && r.ch.terminated[len(r.ch.terminated)-1].ChildID == tt.child
+			if allowed != tt.wantAllow || terminated == tt.wantAllow {
+				t.Errorf("allowed %v terminated %v, want allowed %v", allowed, terminated, tt.wantAllow)
+			}
+		})
 	}
 }
