@@ -268,7 +268,8 @@ func (e *Engine) basePolicies() []xfrm.Policy {
 	var own []netip.Addr
 	for _, a := range append(append([]netip.Addr(nil), e.local...), e.p.LocalAddrs...) {
 		a = a.Unmap()
-		if a.Zone() != "" || slices.Contains(own, a) || !slices.ContainsFunc(traps, func(p netip.Prefix) bool { return p.Contains(a) }) {
+		// Link-local addresses are bypassed whole (IPv6Bypass).
+		if a.Zone() != "" || a.IsLinkLocalUnicast() || slices.Contains(own, a) || !slices.ContainsFunc(traps, func(p netip.Prefix) bool { return p.Contains(a) }) {
 			continue
 		}
 		own = append(own, a)

@@ -58,6 +58,8 @@ func TestIPv6BasePolicies(t *testing.T) {
 		{"link-local", xfrm.Allow, "::/0", "fe80::/10", 0, 0, 0, true, false},
 		{"multicast", xfrm.Allow, "::/0", "ff00::/8", 0, 0, 0, true, false},
 		{"own IPv6 address", xfrm.Allow, "::/0", "2001:db8::1/128", 0, 0, 0, true, false},
+		{"own loopback ::1", xfrm.Allow, "::/0", "::1/128", 0, 0, 0, true, false},
+		{"own link-local address: fe80::/10 covers it", xfrm.Allow, "::/0", "fe80::1/128", 0, 0, 0, false, true},
 		{"own IPv4 address is under no trap", xfrm.Allow, "0.0.0.0/0", "192.0.2.1/32", 0, 0, 0, false, true},
 		{"IKE to 500 over IPv6", xfrm.Allow, "::/0", "::/0", 17, 0, 500, true, false},
 		{"IKE from 4500 over IPv6", xfrm.Allow, "::/0", "::/0", 17, 4500, 0, true, false},
