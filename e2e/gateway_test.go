@@ -48,7 +48,12 @@ func tcpTransfer(t *testing.T, from, to *lab.Node, dst string, port int) {
 	recv := filepath.Join(to.Dir, "tcp-recv.bin")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := to.Start(ctx, "nc-listen", []string{"sh", "-c", fmt.Sprintf("exec nc -l -p %d > %s", port, recv)}, nil)
+	// OpenBSD nc listens on IPv4 only unless told -6.
+	family := ""
+	if strings.Contains(dst, ":") {
+		family = "-6 "
+	}
+	srv, err := to.Start(ctx, "nc-listen", []string{"sh", "-c", fmt.Sprintf("exec nc %s-l -p %d > %s", family, port, recv)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

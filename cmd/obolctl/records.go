@@ -56,6 +56,7 @@ const (
 type hostRecords struct {
 	Config   string          `json:"config"`
 	Address  string          `json:"address"`
+	Address6 string          `json:"address6,omitempty"` // a dual-stack host's IPv6 IKE address
 	Identity string          `json:"identity"`
 	Key      recordKey       `json:"key"`
 	Notes    []string        `json:"notes,omitempty"`
@@ -280,6 +281,20 @@ func buildRecords(file string, c oe.Config, pub crypto.PublicKey, clients []neti
 		})
 	}
 
+	if c.Address6 != "" {
+		// A dual-stack host is found by either address: the records of
+		// its IPv6 address are those of an IPv6-only host (in ip6.arpa),
+		// and with an address identity that address is its identity there.
+		c6 := c
+		c6.Address, c6.Address6, c6.Protect = c.Address6, "", nil
+		r6, err := buildRecords(file, c6, pub, nil)
+		if err != nil {
+			return hostRecords{}, fmt.Errorf("[oe] address6: %w", err)
+		}
+		r.Address6 = r6.Address
+		r.Sections = append(r.Sections, r6.Sections...)
+	}
+
 	var nets []netip.Prefix
 	for i, p := range c.Protect {
 		pfx, err := netip.ParsePrefix(p)
@@ -379,6 +394,9 @@ func printRecords(w io.Writer, r hostRecords) {
 	fmt.Fprintf(w, "; DNS records for obol opportunistic encryption, from [oe] of %s\n", r.Config)
 	fmt.Fprintln(w, "; Publish them, sign the zones (DNSSEC), and check what peers see with")
 	fmt.Fprintf(w, "; obolctl lookup %s\n", r.Address)
+	if r.Address6 != "" {
+		fmt.Fprintf(w, "; obolctl lookup %s\n", r.Address6)
+	}
 	fmt.Fprintln(w, ";")
 	key := r.Key.Algorithm
 	if r.Key.Bits > 0 {
@@ -386,6 +404,13 @@ func printRecords(w io.Writer, r hostRecords) {
 	}
 	fmt.Fprintf(w, "; key:      %s, key id %s (pki --keyid: subjkey)\n", key, r.Key.KeyID)
 	fmt.Fprintf(w, "; identity: %s, IKE address %s\n", r.Identity, r.Address)
+	if r.Address6 != "" {
+		id6 := r.Identity
+		if !strings.HasPrefix(id6, "@") {
+			id6 = r.Address6
+		}
+		fmt.Fprintf(w, "; identity: %s, IKE address %s (IPv6 peers)\n", id6, r.Address6)
+	}
 	for _, n := range r.Notes {
 		for i, line := range wrap(n, 66) {
 			if i == 0 {

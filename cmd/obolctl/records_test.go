@@ -62,6 +62,12 @@ group = "private-or-clear"
 cidrs = ["0.0.0.0/0"]
 `
 
+const oeGroups6 = `
+[[oe.group]]
+group = "private-or-clear"
+cidrs = ["::/0"]
+`
+
 // recordsCase is one host whose records are checked against a golden file
 // and read back by the resolver.
 type recordsCase struct {
@@ -69,7 +75,9 @@ type recordsCase struct {
 	args    []string // more obolctl records flags
 	rsa     bool     // the committed RSA key; else the seeded Ed25519 key
 	oe      string   // [oe] keys besides key_file
+	groups  string   // [[oe.group]] tables; "" for oeGroups
 	self    string   // the address whose reverse map holds the host's key
+	self6   string   // a dual-stack host's IPv6 address, whose ip6.arpa map holds it too
 	fqdn    string   // the identity's FQDN, if any
 	clients []string
 }
@@ -79,7 +87,9 @@ var recordsCases = []recordsCase{
 		args: []string{"--client", "10.1.0.10,10.1.0.11", "--client", "10.1.0.10"}, clients: []string{"10.1.0.10", "10.1.0.11", "10.5.0.1"}},
 	{name: "ed25519-gateway", oe: `address = "192.0.2.1"` + "\n" + `protect = ["10.1.0.0/24", "2001:db8:1::/64"]`, self: "192.0.2.1", clients: []string{"10.1.0.1", "2001:db8:1::1"}},
 	{name: "ed25519-fqdn", oe: `address = "192.0.2.11"` + "\n" + `identity = "@Host.Example.org"` + "\n" + `protect = ["198.51.100.7/32"]`, self: "192.0.2.11", fqdn: "host.example.org.", clients: []string{"198.51.100.7"}},
-	{name: "rsa-ipv6-host", rsa: true, oe: `address = "2001:db8::11"`, self: "2001:db8::11"},
+	{name: "rsa-ipv6-host", rsa: true, oe: `address = "2001:db8::11"`, groups: oeGroups6, self: "2001:db8::11"},
+	{name: "ed25519-dual-stack", oe: `address = "192.0.2.11"` + "\n" + `address6 = "2001:db8::11"`, groups: oeGroups + oeGroups6, self: "192.0.2.11", self6: "2001:db8::11"},
+	{name: "ed25519-dual-stack-fqdn", oe: `address = "192.0.2.12"` + "\n" + `address6 = "2001:db8::12"` + "\n" + `identity = "@hostb.example.org"`, groups: oeGroups + oeGroups6, self: "192.0.2.12", self6: "2001:db8::12", fqdn: "hostb.example.org."},
 	{name: "rsa-fqdn-host", rsa: true, oe: `address = "192.0.2.12"` + "\n" + `identity = "@hostb.example.org."`, self: "192.0.2.12", fqdn: "hostb.example.org."},
 }
 
@@ -92,7 +102,11 @@ func recordsOutput(t *testing.T, c recordsCase, extra ...string) string {
 	if !c.rsa {
 		key = writeEd25519(t, dir)
 	}
-	cfg := writeFile(t, dir, "obold.toml", []byte(fmt.Sprintf("[oe]\n%s\nkey_file = %q\n[oe.dns]\nserver = \"192.0.2.53\"\n%s", c.oe, key, oeGroups)))
+	groups := c.groups
+	if groups == "" {
+		groups = oeGroups
+	}
+	cfg := writeFile(t, dir, "obold.toml", []byte(fmt.Sprintf("[oe]\n%s\nkey_file = %q\n[oe.dns]\nserver = \"192.0.2.53\"\n%s", c.oe, key, groups)))
 	args := append(append([]string{"records", "--config", cfg}, c.args...), extra...)
 	return strings.ReplaceAll(expectRun(t, args, 0, nil, ""), dir, "DIR")
 }
@@ -196,6 +210,15 @@ func TestRecordsRoundTrip(t *testing.T) {
 			}
 			// An @FQDN host's reverse map points to its identity.
 			check(plugins.LookupQuery{Addr: self}, gateway)
+			if c.self6 != "" {
+				// Its IPv6 address too, in ip6.arpa: with an address
+				// identity the gateway is that IPv6 address itself.
+				gw6 := plugins.Gateway{Addr: netip.MustParseAddr(c.self6)}
+				if c.fqdn != "" {
+					gw6 = gateway
+				}
+				check(plugins.LookupQuery{Addr: netip.MustParseAddr(c.self6)}, gw6)
+			}
 			if c.fqdn != "" {
 				check(plugins.LookupQuery{FQDN: c.fqdn}, plugins.Gateway{FQDN: c.fqdn})
 			}

@@ -18,6 +18,7 @@ import (
 // 127.0.0.1:5300, unbound validates on 192.0.2.53:53, both in the dns node.
 type dnsState struct {
 	dir     string
+	ipv6    bool // unbound listens on DNSAddr6 too
 	zones   []*zoneState
 	knot    *Process
 	unbound *Process
@@ -137,7 +138,7 @@ func (l *Lab) SetZone(ctx context.Context, z Zone) error {
 func (l *Lab) startDNS(ctx context.Context, zones []Zone) error {
 	t0 := time.Now()
 	dn := l.Node(DNS)
-	d := &dnsState{dir: dn.Dir}
+	d := &dnsState{dir: dn.Dir, ipv6: dn.Addr6.IsValid()}
 	for _, z := range zones {
 		d.zones = append(d.zones, &zoneState{Zone: z, serial: 1})
 	}
@@ -333,8 +334,9 @@ server:
     interface: %[2]s
     interface: 127.0.0.1
     port: %[3]d
-    do-ip6: no
+    do-ip6: %[4]s
     access-control: 0.0.0.0/0 allow
+    access-control: ::/0 allow
     num-threads: 1
     so-reuseport: no
     msg-cache-size: 4m
@@ -343,7 +345,12 @@ server:
     trust-anchor-signaling: no
     # knot listens on 127.0.0.1.
     do-not-query-localhost: no
-`, d.dir, DNSAddr, DNSPort)
+`, d.dir, DNSAddr, DNSPort, map[bool]string{true: "yes", false: "no"}[d.ipv6])
+	if d.ipv6 {
+		// knot stays on 127.0.0.1: unbound reaches it over IPv4 whatever
+		// the client used.
+		fmt.Fprintf(&b, "    interface: %s\n", DNSAddr6)
+	}
 	if anchors != "" {
 		fmt.Fprintf(&b, "    trust-anchor-file: %q\n", anchorFile)
 	}
@@ -384,24 +391,40 @@ server:
 func (l *Lab) waitUnbound(ctx context.Context, d *dnsState) error {
 	dn := l.Node(DNS)
 	return l.poll(ctx, d.unbound, "unbound to validate the zones", func(ctx context.Context) error {
+		servers := []netip.AddrPort{netip.AddrPortFrom(DNSAddr, DNSPort)}
+		if d.ipv6 {
+			servers = append(servers, netip.AddrPortFrom(DNSAddr6, DNSPort))
+		}
 		for _, z := range d.zones {
-			r, err := dn.query(ctx, "tcp", netip.AddrPortFrom(DNSAddr, DNSPort), z.Name, dns.TypeSOA)
-			if err != nil {
-				return err
-			}
-			switch {
-			case z.Bogus:
-				if r.Rcode != dns.RcodeServerFailure {
-					return fmt.Errorf("bogus zone %s: %s, want SERVFAIL", z.Name, dns.RcodeToString[r.Rcode])
+			for _, srv := range servers {
+				if err := checkZoneAnswer(ctx, dn, srv, z); err != nil {
+					return err
 				}
-			case r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0:
-				return fmt.Errorf("%s: %s", z.Name, dns.RcodeToString[r.Rcode])
-			case !z.Unsigned && !r.AuthenticatedData:
-				return fmt.Errorf("%s: answer not validated (no AD)", z.Name)
 			}
 		}
 		return nil
 	})
+}
+
+// checkZoneAnswer asks srv for z's SOA and says whether the answer is as
+// it should be: AD for signed zones, an answer for unsigned ones,
+// SERVFAIL for bogus ones.
+func checkZoneAnswer(ctx context.Context, dn *Node, srv netip.AddrPort, z *zoneState) error {
+	r, err := dn.query(ctx, "tcp", srv, z.Name, dns.TypeSOA)
+	if err != nil {
+		return err
+	}
+	switch {
+	case z.Bogus:
+		if r.Rcode != dns.RcodeServerFailure {
+			return fmt.Errorf("bogus zone %s at %s: %s, want SERVFAIL", z.Name, srv, dns.RcodeToString[r.Rcode])
+		}
+	case r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0:
+		return fmt.Errorf("%s at %s: %s", z.Name, srv, dns.RcodeToString[r.Rcode])
+	case !z.Unsigned && !r.AuthenticatedData:
+		return fmt.Errorf("%s at %s: answer not validated (no AD)", z.Name, srv)
+	}
+	return nil
 }
 
 // poll runs check every 10 ms until it succeeds, proc exits, or 10 s (or

@@ -15,8 +15,13 @@
 // namespace is named after the node and enslaved to "br0". Capture on
 // Inet/"br0" to see the wire (tcpdump puts br0 in promiscuous mode, which
 // makes the bridge pass it every frame). IPv6 is disabled everywhere (no
-// RS/ND/MLD noise); ARP and a few IGMP reports right after start remain, so
-// give captures a filter. The dns node also routes 10.1.0.0/24 and
+// RS/ND/MLD noise) unless Options.IPv6; ARP and a few IGMP reports right
+// after start remain, so give captures a filter.
+//
+// With Options.IPv6, hosta, hostb and dns also get 2001:db8::11, ::12 and
+// ::53 (documentation prefix, on-link /64, no DAD, no router
+// solicitations; link-local addresses and MLD reports appear on the wire)
+// and unbound answers on 2001:db8::53 too. Every other node keeps IPv6 off. The dns node also routes 10.1.0.0/24 and
 // 10.2.0.0/24 via the gateways, so alice and bob can use the resolver.
 //
 // DNS: zones come from Options.Zones and can be added or replaced later
@@ -89,6 +94,12 @@ var (
 	LANA    = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, 0}), 24) // behind gwa
 	LANB    = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, 0, 0}), 24) // behind gwb
 	InetNet = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, 0}), 24)
+
+	// IPv6 addresses of the internet segment, with Options.IPv6 only.
+	HostAAddr6 = netip.MustParseAddr("2001:db8::11")
+	HostBAddr6 = netip.MustParseAddr("2001:db8::12")
+	DNSAddr6   = netip.MustParseAddr("2001:db8::53")
+	InetNet6   = netip.MustParsePrefix("2001:db8::/64")
 )
 
 // DefaultCharon is the set of nodes that get a charon when Options.Charon is nil.
@@ -113,6 +124,10 @@ type Options struct {
 	KeepDir bool
 	// Logger gets the lab's progress and timings; nil logs nothing.
 	Logger *slog.Logger
+	// IPv6 gives hosta, hostb and dns their IPv6 addresses (Addr6) and
+	// unbound an IPv6 listener. Off, IPv6 is disabled in every node, and
+	// captures see no IPv6 noise.
+	IPv6 bool
 }
 
 // Zone is one zone knot serves, signed with automatic DNSSEC (knot's default
@@ -164,6 +179,9 @@ type Node struct {
 	LAN netip.Prefix
 	// LANAddr is a gateway's own LAN address; invalid otherwise.
 	LANAddr netip.Addr
+	// Addr6 is the node's IPv6 address on the internet segment, valid only
+	// with Options.IPv6 (hosta, hostb, dns).
+	Addr6 netip.Addr
 	// VICI is the charon VICI socket path ("" if the node has no charon).
 	VICI string
 	Dir  string
@@ -258,6 +276,9 @@ func (l *Lab) start(ctx context.Context) error {
 		n := &Node{Name: name, NS: l.ID + "-" + name, Dir: filepath.Join(l.Dir, name), lab: l}
 		spec := topology[name]
 		n.Addr, n.LAN, n.LANAddr = spec.addr, spec.lan, spec.lanAddr
+		if l.opts.IPv6 {
+			n.Addr6 = spec.addr6
+		}
 		if withCharon[name] {
 			n.VICI = filepath.Join(n.Dir, "charon.vici")
 			if len(n.VICI) >= 108 {
@@ -427,6 +448,10 @@ func (l *Lab) Nodes() []*Node { return append([]*Node(nil), l.order...) }
 // DNSServer is the lab's validating resolver (unbound), reachable from every
 // node. It answers only when the lab serves zones.
 func (l *Lab) DNSServer() netip.AddrPort { return netip.AddrPortFrom(DNSAddr, DNSPort) }
+
+// DNSServer6 is the same resolver on its IPv6 address (Options.IPv6 only),
+// reachable from hosta and hostb.
+func (l *Lab) DNSServer6() netip.AddrPort { return netip.AddrPortFrom(DNSAddr6, DNSPort) }
 
 // Purge deletes the namespaces left by a lab whose process died before
 // Close (e.g. a killed test binary). Processes started by that lab die with

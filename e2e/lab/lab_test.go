@@ -2,12 +2,14 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -895,4 +897,68 @@ func TestHelperLab(t *testing.T) {
 	fmt.Printf("HELPER %s\n", b)
 	time.Sleep(time.Minute) // killed by the parent long before
 	l.Close()
+}
+
+// TestLabIPv6: with Options.IPv6, hosta, hostb and dns speak IPv6 on the
+// internet segment (on-link, usable at once), unbound answers over IPv6
+// and validates an ip6.arpa zone knot signs, and every other node keeps
+// IPv6 off.
+func TestLabIPv6(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rev, err := dns.ReverseAddr(HostAAddr6.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const zone = "8.b.d.0.1.0.0.2.ip6.arpa."
+	l, err := Start(ctx, Options{IPv6: true, Charon: []string{}, Logger: testLogger(t), Zones: []Zone{
+		{Name: zone, Records: []string{strings.TrimSuffix(rev, "."+zone) + " 300 IN PTR hosta.example.test."}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAndCheck(t, l)
+
+	for _, c := range []struct {
+		node string
+		want netip.Addr
+	}{{HostA, HostAAddr6}, {HostB, HostBAddr6}, {DNS, DNSAddr6}, {GWA, netip.Addr{}}, {Alice, netip.Addr{}}, {Inet, netip.Addr{}}} {
+		n := l.Node(c.node)
+		if n.Addr6 != c.want {
+			t.Errorf("%s: Addr6 %v, want %v", c.node, n.Addr6, c.want)
+		}
+		out, err := n.Exec(ctx, "sysctl", "-n", "net.ipv6.conf.all.disable_ipv6")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off := strings.TrimSpace(string(out)) == "1"; off == c.want.IsValid() {
+			t.Errorf("%s: net.ipv6.conf.all.disable_ipv6 = %s", c.node, bytes.TrimSpace(out))
+		}
+	}
+	// No DAD: the first ping goes through, in both directions.
+	ha, hb := l.Node(HostA), l.Node(HostB)
+	for _, p := range []struct {
+		from *Node
+		to   netip.Addr
+	}{{ha, HostBAddr6}, {hb, HostAAddr6}, {ha, DNSAddr6}} {
+		if out, err := p.from.Exec(ctx, "ping", "-6", "-c", "1", "-W", "2", p.to.String()); err != nil {
+			t.Errorf("ping %s from %s: %v\n%s", p.to, p.from.Name, err, out)
+		}
+	}
+	for _, q := range []struct {
+		name  string
+		query func(context.Context, string, uint16) (*dns.Msg, error)
+	}{{"IPv6", ha.QueryDNS6}, {"IPv4", ha.QueryDNS}} {
+		r, err := q.query(ctx, rev, dns.TypePTR)
+		if err != nil {
+			t.Fatalf("%s: %v", q.name, err)
+		}
+		if r.Rcode != dns.RcodeSuccess || !r.AuthenticatedData || len(r.Answer) == 0 {
+			t.Errorf("%s: PTR %s: rcode %s AD %v answer %v", q.name, rev, dns.RcodeToString[r.Rcode], r.AuthenticatedData, r.Answer)
+		}
+	}
+	if l.DNSServer6() != netip.AddrPortFrom(DNSAddr6, DNSPort) {
+		t.Errorf("DNSServer6 %v", l.DNSServer6())
+	}
 }

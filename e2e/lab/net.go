@@ -18,6 +18,7 @@ import (
 
 type nodeSpec struct {
 	addr    netip.Addr
+	addr6   netip.Addr // on inet0, with Options.IPv6 only
 	lan     netip.Prefix
 	lanAddr netip.Addr
 	sysctls []string
@@ -26,6 +27,15 @@ type nodeSpec struct {
 
 // noIPv6 keeps the wire quiet (no RS/MLD/DAD in captures).
 var noIPv6 = []string{"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"}
+
+// withIPv6 is for the nodes with an IPv6 address under Options.IPv6: no
+// DAD (an address is usable at once, not after a second or two of
+// "tentative"), no router solicitations (there is no router; the /64 is
+// on-link).
+var withIPv6 = []string{
+	"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf." + InetIf + ".accept_dad=0",
+	"net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0", "net.ipv6.conf." + InetIf + ".accept_ra=0",
+}
 
 var topology = map[string]nodeSpec{
 	Inet: {
@@ -66,15 +76,15 @@ var topology = map[string]nodeSpec{
 		ip:   []string{"addr add 10.2.0.10/24 dev lan0", "link set lan0 up", "route add default via 10.2.0.1"},
 	},
 	HostA: {
-		addr: HostAAddr,
-		ip:   []string{"addr add 192.0.2.11/24 dev inet0", "link set inet0 up"},
+		addr: HostAAddr, addr6: HostAAddr6,
+		ip: []string{"addr add 192.0.2.11/24 dev inet0", "link set inet0 up"},
 	},
 	HostB: {
-		addr: HostBAddr,
-		ip:   []string{"addr add 192.0.2.12/24 dev inet0", "link set inet0 up"},
+		addr: HostBAddr, addr6: HostBAddr6,
+		ip: []string{"addr add 192.0.2.12/24 dev inet0", "link set inet0 up"},
 	},
 	DNS: {
-		addr: DNSAddr,
+		addr: DNSAddr, addr6: DNSAddr6,
 		ip: []string{
 			"addr add 192.0.2.53/24 dev inet0", "link set inet0 up",
 			// So that alice and bob can use the resolver too.
@@ -166,13 +176,28 @@ func (n *Node) waitLinks(ctx context.Context) error {
 
 func (n *Node) configure(ctx context.Context) error {
 	spec := topology[n.Name]
-	// sysctls first: with IPv6 off before links go up, nothing v6 is ever sent.
-	args := append([]string{n.lab.tools.path("sysctl"), "-q", "-w"}, noIPv6...)
+	// sysctls first: with IPv6 off before links go up, nothing v6 is ever
+	// sent; with it on, the link-local address skips DAD too.
+	v6 := n.Addr6.IsValid()
+	args := []string{n.lab.tools.path("sysctl"), "-q", "-w"}
+	if v6 {
+		args = append(args, withIPv6...)
+	} else {
+		args = append(args, noIPv6...)
+	}
 	args = append(args, spec.sysctls...)
 	if _, err := n.Exec(ctx, args...); err != nil {
 		return err
 	}
 	lines := append([]string{"link set lo up"}, spec.ip...)
+	if v6 {
+		lines = append(lines, fmt.Sprintf("addr add %s/%d dev %s nodad", n.Addr6, InetNet6.Bits(), InetIf))
+	}
+	if n.Name == Inet && n.lab.opts.IPv6 {
+		// MLD snooping would forward a solicited-node group only to ports
+		// that reported it; with no querier on the segment, flood instead.
+		lines = append(lines, "link set "+Bridge+" type bridge mcast_snooping 0")
+	}
 	// Recreated namespaces can inherit stale neighbour entries (lab.md).
 	lines = append(lines, "neigh flush all")
 	if err := n.lab.runRoot(ctx, strings.Join(lines, "\n")+"\n", n.lab.tools.path("ip"), "-n", n.NS, "-batch", "-"); err != nil {

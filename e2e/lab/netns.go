@@ -92,6 +92,11 @@ func (n *Node) QueryDNS(ctx context.Context, name string, qtype uint16) (*dns.Ms
 	return n.query(ctx, "udp", netip.AddrPortFrom(DNSAddr, DNSPort), name, qtype)
 }
 
+// QueryDNS6 is QueryDNS over IPv6, to DNSServer6 (Options.IPv6 only).
+func (n *Node) QueryDNS6(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	return n.query(ctx, "udp", netip.AddrPortFrom(DNSAddr6, DNSPort), name, qtype)
+}
+
 func (n *Node) query(ctx context.Context, network string, server netip.AddrPort, name string, qtype uint16) (*dns.Msg, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

@@ -14,6 +14,11 @@ import (
 type Config struct {
 	// Address is this host's IKE address (the gateway's public address).
 	Address string `toml:"address"`
+	// Address6 is this host's IPv6 IKE address on a dual-stack host, with
+	// Address its IPv4 one. IKE with IPv6 peers goes from it and, unless
+	// Identity is @FQDN, it is our identity towards them (their obold
+	// looks our key up in its ip6.arpa reverse map).
+	Address6 string `toml:"address6"`
 	// Identity is our IKE identity: "" for Address itself, or "@FQDN" for
 	// hosts without a reverse map (peers then find our key in the FQDN's
 	// forward map).
@@ -102,9 +107,43 @@ func (c Config) Validate() []Problem {
 	if a, err := netip.ParseAddr(c.Address); err != nil || !a.IsValid() {
 		ps = append(ps, Problem{Path: "oe.address", Msg: fmt.Sprintf("address %q is not an IP address; write this host's IKE address, e.g. \"192.0.2.1\"", c.Address)})
 	}
+	if c.Address6 != "" {
+		a6, err := netip.ParseAddr(c.Address6)
+		switch {
+		case err != nil || !a6.Is6() || a6.Is4In6() || a6.Zone() != "":
+			ps = append(ps, Problem{Path: "oe.address6", Msg: fmt.Sprintf("address6 %q is not a global IPv6 address; write this host's IPv6 IKE address, e.g. \"2001:db8::1\"", c.Address6)})
+		case a6.IsLinkLocalUnicast() || a6.IsLoopback() || a6.IsMulticast() || a6.IsUnspecified():
+			ps = append(ps, Problem{Path: "oe.address6", Msg: fmt.Sprintf("address6 %s is not a global unicast address: IKE with OE peers needs one; write e.g. \"2001:db8::1\"", a6)})
+		}
+		if a, err := netip.ParseAddr(c.Address); err == nil && a.Is6() && !a.Is4In6() {
+			ps = append(ps, Problem{Path: "oe.address6", Msg: "address is an IPv6 address already: on a dual-stack host write the IPv4 address in address and the IPv6 one in address6"})
+		}
+	}
 	if c.Identity != "" && c.Identity[0] != '@' {
 		if _, err := netip.ParseAddr(c.Identity); err != nil {
 			ps = append(ps, Problem{Path: "oe.identity", Msg: fmt.Sprintf("identity %q is neither an address nor @FQDN; leave it out to use the address, or write \"@host.example.org\"", c.Identity)})
+		} else if c.Address6 != "" {
+			ps = append(ps, Problem{Path: "oe.identity", Msg: fmt.Sprintf("identity %q is an address, but with address6 this host speaks IKE from two addresses and each is its identity towards peers of its family; leave identity out, or write \"@host.example.org\"", c.Identity)})
+		}
+	}
+	// A group that starts or answers OE for one family needs an IKE
+	// address of that family: peers look our key up by that address.
+	v4, v6 := c.families()
+	for i, g := range c.Groups {
+		if !policy.Group(g.Group).Responds() {
+			continue
+		}
+		for _, cidr := range g.CIDRs {
+			pr, err := netip.ParsePrefix(cidr)
+			if err != nil {
+				continue // policy.New reports it
+			}
+			switch {
+			case pr.Addr().Is6() && !v6:
+				ps = append(ps, Problem{Path: fmt.Sprintf("oe.group[%d].cidrs", i), Msg: fmt.Sprintf("%s is IPv6 but [oe] has no IPv6 address for IKE with peers there; add address6 = \"2001:db8::1\" (this host's IPv6 address), or move the CIDR to a clear or block group", pr)})
+			case pr.Addr().Is4() && !v4:
+				ps = append(ps, Problem{Path: fmt.Sprintf("oe.group[%d].cidrs", i), Msg: fmt.Sprintf("%s is IPv4 but [oe] address is IPv6; write the IPv4 address in address and the IPv6 one in address6", pr)})
+			}
 		}
 	}
 	if c.KeyFile == "" {
@@ -136,4 +175,28 @@ func (c Config) Validate() []Problem {
 		}
 	}
 	return ps
+}
+
+// families says which IKE address families the config has: address and
+// address6 that parse.
+func (c Config) families() (v4, v6 bool) {
+	for _, s := range []string{c.Address, c.Address6} {
+		if a, err := netip.ParseAddr(s); err == nil {
+			a = a.Unmap()
+			v4, v6 = v4 || a.Is4(), v6 || a.Is6()
+		}
+	}
+	return v4, v6
+}
+
+// IKEAddrs are this host's IKE addresses, Address first, then Address6
+// when set. Call it on a validated config.
+func (c Config) IKEAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range []string{c.Address, c.Address6} {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }

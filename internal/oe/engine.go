@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -107,8 +108,10 @@ type Engine struct {
 	// ourKey is our public key in DNS form (for channel bindings).
 	ourKey plugins.PublicKey
 	pol    *policy.Policy
-	id     string // our IKE identity
-	log    *slog.Logger
+	id     string // our IKE identity on Address (logs, the acceptor conn)
+	// local are our IKE addresses (Address, Address6), one per family.
+	local []netip.Addr
+	log   *slog.Logger
 
 	mu      sync.Mutex
 	tunnels map[xfrm.Pair]*Tunnel
@@ -144,17 +147,16 @@ func New(cfg Config, p Params) (*Engine, error) {
 		p.Band = xfrm.DefaultBand
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
-	e.id = cfg.Identity
-	if e.id == "" {
-		e.id = cfg.Address
-	}
+	e.local = cfg.IKEAddrs()
+	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
 		if pub, err := x509.ParsePKIXPublicKey(blk.Bytes); err == nil {
 			e.ourKey, _ = resolver.NewPublicKey(pub)
 		}
 	}
-	addr := netip.MustParseAddr(cfg.Address)
-	pol.Exempt(netip.PrefixFrom(addr, addr.BitLen()), "this host's IKE address")
+	for _, addr := range e.local {
+		pol.Exempt(netip.PrefixFrom(addr, addr.BitLen()), "this host's IKE address")
+	}
 	for _, a := range p.LocalAddrs {
 		pol.Exempt(netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), "one of this host's own addresses")
 	}
@@ -168,6 +170,39 @@ func New(cfg Config, p Params) (*Engine, error) {
 	return e, nil
 }
 
+// localFor is our IKE address of peer's family; invalid when we have none
+// (an IPv4-only host and an IPv6 peer).
+func (e *Engine) localFor(peer netip.Addr) netip.Addr {
+	peer = peer.Unmap()
+	for _, a := range e.local {
+		if a.Is4() == peer.Is4() {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// idFor is our IKE identity when we speak IKE from local: the configured
+// identity, else the address itself (peers look its key up in its reverse
+// map, so each family's address is its own identity).
+func (e *Engine) idFor(local netip.Addr) string {
+	if e.cfg.Identity != "" {
+		return e.cfg.Identity
+	}
+	return local.String()
+}
+
+// anyOf is the whole address space of a's family (0.0.0.0/0 or ::/0).
+func anyOf(a netip.Addr) netip.Prefix {
+	if a.Unmap().Is4() {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+}
+
+// hostPrefix is a as a /32 or /128.
+func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
 // Policy exposes the compiled policy groups (for obolctl lookup).
 func (e *Engine) Policy() *policy.Policy { return e.pol }
 
@@ -178,26 +213,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	e.ctx = ctx
 	e.mu.Unlock()
-	var want []xfrm.Policy
-	any4 := netip.MustParsePrefix("0.0.0.0/0")
-	bypass := e.p.Band.Priority(xfrm.RoleBypass, any4, any4)
-	want = append(want, xfrm.IKEBypass(4, bypass)...)
-	if s, err := resolver.ServerAddr(e.cfg.DNS.Server); err == nil {
-		dns := netip.PrefixFrom(s.Addr(), 32)
-		want = append(want,
-			xfrm.Policy{Src: any4, Dst: dns, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass},
-			xfrm.Policy{Src: any4, Dst: dns, Dir: xfrm.DirFwd, Action: xfrm.Allow, Priority: bypass})
-	}
-	for _, c := range e.cfg.Protect {
-		lan := netip.MustParsePrefix(c)
-		want = append(want, xfrm.Policy{Src: any4, Dst: lan, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass})
-	}
-	for _, pr := range e.pol.Prefixes(policy.Private, policy.PrivateOrClear) {
-		want = append(want, xfrm.Policy{Src: any4, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Trap, Priority: e.p.Band.Priority(xfrm.RoleTrap, any4, pr)})
-	}
-	for _, pr := range e.pol.Prefixes(policy.Block) {
-		want = append(want, xfrm.Policy{Src: any4, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Block, Priority: e.p.Band.Priority(xfrm.RoleShunt, any4, pr)})
-	}
+	want := e.basePolicies()
 	var installed []xfrm.Policy
 	for _, p := range want {
 		got, err := e.p.Kernel.Install(ctx, p)
@@ -217,8 +233,57 @@ func (e *Engine) Start(ctx context.Context) error {
 	} else if n > 0 {
 		e.log.Info("adopted OE tunnels left by an earlier obold", "tunnels", n)
 	}
-	e.log.Info("OE started", "identity", e.id, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
+	e.log.Info("OE started", "identity", e.id, "addresses", e.local, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
+}
+
+// basePolicies are the policies obold keeps while OE runs: per family it
+// has an IKE address for, bypasses for IKE (and, for IPv6, for what IPv6
+// itself needs); bypasses for the resolver, our LAN and our own addresses
+// under a trap; the traps; the blocks.
+func (e *Engine) basePolicies() []xfrm.Policy {
+	var want []xfrm.Policy
+	bypass := func(a netip.Addr) uint32 { return e.p.Band.Priority(xfrm.RoleBypass, anyOf(a), anyOf(a)) }
+	for _, l := range e.local {
+		if l.Is4() {
+			want = append(want, xfrm.IKEBypass(4, bypass(l))...)
+			continue
+		}
+		want = append(want, xfrm.IKEBypass(6, bypass(l))...)
+		want = append(want, xfrm.IPv6Bypass(bypass(l))...)
+	}
+	if s, err := resolver.ServerAddr(e.cfg.DNS.Server); err == nil {
+		dns, src := hostPrefix(s.Addr().Unmap()), anyOf(s.Addr())
+		want = append(want,
+			xfrm.Policy{Src: src, Dst: dns, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass(s.Addr())},
+			xfrm.Policy{Src: src, Dst: dns, Dir: xfrm.DirFwd, Action: xfrm.Allow, Priority: bypass(s.Addr())})
+	}
+	for _, c := range e.cfg.Protect {
+		lan := netip.MustParsePrefix(c)
+		want = append(want, xfrm.Policy{Src: anyOf(lan.Addr()), Dst: lan, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: bypass(lan.Addr())})
+	}
+	traps := e.pol.Prefixes(policy.Private, policy.PrivateOrClear)
+	// Our own addresses under a trap (a ::/0 group covers them): traffic
+	// to ourselves goes through XFRM too, and OE never applies to it.
+	var own []netip.Addr
+	for _, a := range append(append([]netip.Addr(nil), e.local...), e.p.LocalAddrs...) {
+		a = a.Unmap()
+		// Link-local addresses are bypassed whole (IPv6Bypass).
+		if a.Zone() != "" || a.IsLinkLocalUnicast() || slices.Contains(own, a) || !slices.ContainsFunc(traps, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			continue
+		}
+		own = append(own, a)
+		want = append(want, xfrm.Policy{Src: anyOf(a), Dst: hostPrefix(a), Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: e.p.Band.Priority(xfrm.RoleBypass, anyOf(a), hostPrefix(a))})
+	}
+	for _, pr := range traps {
+		src := anyOf(pr.Addr())
+		want = append(want, xfrm.Policy{Src: src, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Trap, Priority: e.p.Band.Priority(xfrm.RoleTrap, src, pr)})
+	}
+	for _, pr := range e.pol.Prefixes(policy.Block) {
+		src := anyOf(pr.Addr())
+		want = append(want, xfrm.Policy{Src: src, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Block, Priority: e.p.Band.Priority(xfrm.RoleShunt, src, pr)})
+	}
+	return want
 }
 
 // initiateTries and retryPause shape the retry of one gateway (see initiate).
@@ -247,11 +312,15 @@ func (e *Engine) loadAcceptor(ctx context.Context) error {
 	if len(remotes) == 0 {
 		return nil // no group answers OE
 	}
+	var locals []string
+	for _, a := range e.local {
+		locals = append(locals, a.String())
+	}
 	no := false
 	err := e.p.Charon.LoadConn(ctx, vici.Conn{
 		Name:        e.acceptorName(),
 		Version:     2,
-		LocalAddrs:  []string{e.cfg.Address},
+		LocalAddrs:  locals,
 		RemoteAddrs: remotes,
 		Mobike:      &no,
 		Local:       []vici.Auth{{Auth: "pubkey", ID: e.id, Pubkeys: [][]byte{e.p.PubPEM}}},
@@ -436,22 +505,28 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 	if len(remote.Pubkeys) == 0 {
 		return vici.Conn{}, errors.New("DNS names the gateway but gives no key for it")
 	}
+	// IKE goes between addresses of the gateway's family; the tunnel's
+	// selectors (the pair) may be of the other one.
+	local := e.localFor(gw.Addr)
+	if !local.IsValid() {
+		return vici.Conn{}, fmt.Errorf("the gateway %s is IPv%d and this host has no IKE address of that family; add address6 to [oe]", gw.Addr, map[bool]int{true: 4, false: 6}[gw.Addr.Unmap().Is4()])
+	}
 	no := false
 	return vici.Conn{
 		Name:        name,
 		Version:     2,
-		LocalAddrs:  []string{e.cfg.Address},
+		LocalAddrs:  []string{local.String()},
 		RemoteAddrs: []string{gw.Addr.String()},
 		Mobike:      &no,
 		KeyingTries: 1,
 		Unique:      "replace",
-		Local:       []vici.Auth{{Auth: "pubkey", ID: e.id, Pubkeys: [][]byte{e.p.PubPEM}}},
+		Local:       []vici.Auth{{Auth: "pubkey", ID: e.idFor(local), Pubkeys: [][]byte{e.p.PubPEM}}},
 		Remote:      []vici.Auth{remote},
 		Children: []vici.Child{{
 			Name:     "oe",
 			Mode:     "tunnel",
-			LocalTS:  []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()},
-			RemoteTS: []string{netip.PrefixFrom(pair.Dst, pair.Dst.BitLen()).String()},
+			LocalTS:  []string{hostPrefix(pair.Src).String()},
+			RemoteTS: []string{hostPrefix(pair.Dst).String()},
 		}},
 	}, nil
 }
@@ -647,9 +722,9 @@ func (e *Engine) resync(sas []vici.IKESA) {
 // initiator's obold retries, by then the conn is there.
 func (e *Engine) respond(peer netip.Addr) {
 	dec := e.pol.Decide(peer)
-	pair := xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: peer}
+	pair := xfrm.Pair{Src: e.localFor(peer), Dst: peer}
 	e.mu.Lock()
-	if e.stopped || e.ctx == nil || !dec.Group.Responds() {
+	if e.stopped || e.ctx == nil || !dec.Group.Responds() || !pair.Src.IsValid() {
 		e.mu.Unlock()
 		return
 	}
@@ -687,16 +762,27 @@ func (e *Engine) respond(peer netip.Addr) {
 			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
 			return
 		}
-		local := []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()}
-		if len(e.cfg.Protect) > 0 {
-			local = append(local, e.cfg.Protect...)
+		// The tunnel may carry either family whatever IKE runs over (an
+		// IPv6 pair behind an IPv4 gateway): offer all our addresses and
+		// accept any initiator address of each family; charon narrows to
+		// what the initiator asked.
+		local := []string{hostPrefix(pair.Src).String()}
+		remote := []string{anyOf(peer).String()}
+		for _, a := range e.local {
+			if a != pair.Src {
+				local = append(local, hostPrefix(a).String())
+				remote = append(remote, anyOf(a).String())
+			}
 		}
+		local = append(local, e.cfg.Protect...)
 		conn, err := e.peerConn(t.Conn, *gw, pair)
 		if err == nil {
 			// The initiator's clients are checked against their reverse
-			// map's delegation once charon narrowed the selectors.
+			// map's delegation once charon narrowed the selectors (a pair
+			// address of the other family is such a client: its reverse
+			// map must name the initiator's IKE address).
 			conn.Children[0].LocalTS = local
-			conn.Children[0].RemoteTS = []string{"0.0.0.0/0"}
+			conn.Children[0].RemoteTS = remote
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		e.mu.Lock()
@@ -734,7 +820,7 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
 				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
 				e.mu.Lock()
-				if t, ok := e.tunnels[xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: sa.RemoteHost}]; ok {
+				if t, ok := e.tunnels[xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}]; ok {
 					t.Reason = "refused client " + pfx.String() + ": " + why
 				}
 				e.mu.Unlock()
@@ -761,7 +847,7 @@ func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr) (boo
 // responderAllow marks the responder's pair up and, on the userspace
 // datapath, allows its traffic past the traps.
 func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client netip.Prefix, ch vici.ChildSA) {
-	pair := xfrm.Pair{Src: netip.MustParseAddr(e.cfg.Address), Dst: peerGW}
+	pair := xfrm.Pair{Src: e.localFor(peerGW), Dst: peerGW}
 	e.mu.Lock()
 	t, ok := e.tunnels[pair]
 	e.mu.Unlock()
@@ -973,7 +1059,6 @@ func (e *Engine) adopt(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	now := e.p.Now()
-	us := netip.MustParseAddr(e.cfg.Address)
 	n := 0
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -993,7 +1078,7 @@ func (e *Engine) adopt(ctx context.Context) (int, error) {
 			}
 			pair, role := xfrm.Pair{Src: lp.Addr(), Dst: rp.Addr()}, "initiator"
 			if responder {
-				pair, role = xfrm.Pair{Src: us, Dst: sa.RemoteHost}, "responder"
+				pair, role = xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}, "responder"
 			}
 			if _, dup := e.tunnels[pair]; dup {
 				continue

@@ -144,7 +144,7 @@ func newRig(t *testing.T, groups string, mutate func(*Config)) *rig {
 		mutate(&cfg)
 	}
 	e, err := New(cfg, Params{Charon: r.ch, Kernel: in, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: log, Now: r.clock,
-		LocalAddrs: []netip.Addr{netip.MustParseAddr("10.2.99.1")}})
+		LocalAddrs: []netip.Addr{netip.MustParseAddr("10.2.99.1"), netip.MustParseAddr("::1"), netip.MustParseAddr("fe80::1")}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,6 +120,7 @@ func (e *Engine) explainInitiator(l *Lookup) {
 	// As initiate does: an @FQDN without an address is the destination
 	// speaking for itself, reached at its own address.
 	var gws []plugins.Gateway
+	unreachable := 0 // gateways of a family we have no IKE address for
 	for _, gw := range l.Answer.Gateways {
 		if !gw.Addr.IsValid() {
 			if gw.FQDN == "" {
@@ -127,10 +128,16 @@ func (e *Engine) explainInitiator(l *Lookup) {
 			}
 			gw.Addr = l.Addr
 		}
+		if !e.localFor(gw.Addr).IsValid() {
+			unreachable++
+			continue
+		}
 		gws = append(gws, gw)
 	}
 	var why string
 	switch {
+	case l.DNSErr == nil && len(gws) == 0 && unreachable > 0:
+		why = "its gateways are of an address family this host has no IKE address for (add address6 to [oe] for IPv6)"
 	case l.DNSErr != nil && l.Answer.Unusable != "":
 		why = fmt.Sprintf("the DNS answer is unusable (%s)", dnssecText(l.Answer.DNSSEC))
 	case l.DNSErr != nil:
@@ -193,6 +200,9 @@ func (e *Engine) explainResponder(l Lookup) string {
 			return "would not answer OE from it (exempt: " + dec.Exempt + ")"
 		}
 		return fmt.Sprintf("would not answer OE from it: group %s does not answer OE", dec.Group)
+	}
+	if !e.localFor(l.Addr).IsValid() {
+		return "would not answer OE from it: this host has no IKE address of its family (add address6 to [oe] for IPv6)"
 	}
 	if l.DNSErr != nil {
 		why := "DNS did not answer"

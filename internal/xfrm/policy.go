@@ -229,8 +229,14 @@ func (p Policy) Validate() error {
 			errs = append(errs, fmt.Errorf("%s has a zone: XFRM selectors have none", pf))
 		}
 	}
-	if (p.SrcPort != 0 || p.DstPort != 0) && !portProto(p.Proto) {
-		errs = append(errs, fmt.Errorf("ports need a protocol with ports (TCP 6, UDP 17, DCCP 33, SCTP 132, UDP-Lite 136), not %d", p.Proto))
+	if (p.SrcPort != 0 || p.DstPort != 0) && !portProto(p.Proto) && !icmpProto(p.Proto) {
+		errs = append(errs, fmt.Errorf("ports need a protocol with ports (TCP 6, UDP 17, DCCP 33, SCTP 132, UDP-Lite 136) or ICMP (1, 58: SrcPort is the type, DstPort the code), not %d", p.Proto))
+	}
+	if (p.SrcPort > 0xff || p.DstPort > 0xff) && icmpProto(p.Proto) {
+		errs = append(errs, fmt.Errorf("ICMP type %d or code %d is above 255: for ICMP SrcPort is the type and DstPort the code", p.SrcPort, p.DstPort))
+	}
+	if icmpProto(p.Proto) && (p.Proto == ProtoICMPv6) != (p.Family() == 6) {
+		errs = append(errs, fmt.Errorf("protocol %d does not fit an IPv%d selector: ICMP is 1 for IPv4, 58 for IPv6", p.Proto, p.Family()))
 	}
 	if p.Dir > DirFwd {
 		errs = append(errs, fmt.Errorf("direction %d: use DirIn, DirOut or DirFwd", p.Dir))
@@ -257,6 +263,16 @@ func (p Policy) Validate() error {
 	}
 	return fmt.Errorf("xfrm: invalid policy %s: %w", p, errors.Join(errs...))
 }
+
+// ICMP protocol numbers. In an XFRM selector an ICMP message's type takes
+// the source port's place and its code the destination port's (the
+// kernel's flow keys do the same).
+const (
+	ProtoICMP   uint8 = 1
+	ProtoICMPv6 uint8 = 58
+)
+
+func icmpProto(proto uint8) bool { return proto == ProtoICMP || proto == ProtoICMPv6 }
 
 func portProto(proto uint8) bool {
 	switch proto {
@@ -309,6 +325,39 @@ func IKEBypass(family int, prio uint32) []Policy {
 				Policy{Src: anyp, Dst: anyp, Proto: 17, SrcPort: port, Dir: dir, Action: Allow, Priority: prio},
 			)
 		}
+	}
+	return ps
+}
+
+// ICMPv6 message types IPv6 itself needs (RFC 4861): router solicitation
+// and advertisement, neighbour solicitation and advertisement, redirect.
+const (
+	icmpv6RouterSolicit = 133
+	icmpv6Redirect      = 137
+)
+
+// LinkLocal6 and Multicast6 are the IPv6 destinations that never leave the
+// link or never have a single peer: OE cannot apply to them.
+var (
+	LinkLocal6 = netip.MustParsePrefix("fe80::/10")
+	Multicast6 = netip.MustParsePrefix("ff00::/8")
+)
+
+// IPv6Bypass returns the allow policies that keep IPv6 working under a trap
+// for ::/0 at priority prio: neighbour discovery and router messages (a
+// neighbour advertisement or a unicast solicitation goes from one global
+// address to another, and ND lookups go through XFRM like any output; a
+// trap there would swallow them and the link would die), link-local and
+// multicast destinations (solicitations, MLD, RS). Only dir out: traps are
+// outbound, inbound traffic meets no obold policy.
+func IPv6Bypass(prio uint32) []Policy {
+	anyp := anyPrefix(6)
+	var ps []Policy
+	for typ := uint16(icmpv6RouterSolicit); typ <= icmpv6Redirect; typ++ {
+		ps = append(ps, Policy{Src: anyp, Dst: anyp, Proto: ProtoICMPv6, SrcPort: typ, Dir: DirOut, Action: Allow, Priority: prio})
+	}
+	for _, dst := range []netip.Prefix{LinkLocal6, Multicast6} {
+		ps = append(ps, Policy{Src: anyp, Dst: dst, Dir: DirOut, Action: Allow, Priority: prio})
 	}
 	return ps
 }

@@ -664,6 +664,14 @@ func FuzzParseAcquire(f *testing.F) {
 	if b, err := (Acquire{Src: netip.MustParseAddr("::1"), Dst: netip.MustParseAddr("::2")}).MarshalBinary(); err == nil {
 		f.Add(b)
 	}
+	// IPv6: the real kernel message, and one with a v6 template and mark.
+	f.Add(goldenDatagram(f, "acquire_ipv6.hex")[sizeofNlmsghdr:])
+	if b, err := (Acquire{Src: netip.MustParseAddr("2001:db8::1"), Dst: netip.MustParseAddr("2001:db8:99::1"), Proto: 58, SrcPort: 128,
+		SASrc: netip.MustParseAddr("2001:db8::1"), SADst: netip.MustParseAddr("2001:db8:99::1"), SAProto: protoESP,
+		Policy:    Policy{Src: netip.MustParsePrefix("::/0"), Dst: netip.MustParsePrefix("2001:db8:99::/48"), Dir: DirOut, Priority: 1_075_000, Mark: 0x42, MarkMask: 0xff},
+		Templates: []Template{{Family: afInet6, Proto: protoESP, ReqID: 7}}, Seq: 9}).MarshalBinary(); err == nil {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := ParseAcquire(b)
 		if err != nil {
@@ -691,6 +699,7 @@ func FuzzParseAcquire(f *testing.F) {
 func FuzzDecodeAcquires(f *testing.F) {
 	f.Add(appendMessage(nil, msgAcquire, 0, 1, 0, craftAcquire()))
 	f.Add([]byte{0x10, 0, 0, 0, 0x17, 0, 0, 0})
+	f.Add(goldenDatagram(f, "acquire_ipv6.hex"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		as, errs := DecodeAcquires(b)
 		for _, a := range as {
