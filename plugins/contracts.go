@@ -36,6 +36,10 @@ type LookupAnswer struct {
 	// bogus, or insecure while DNSSEC is required); Gateways is then empty
 	// and Lookup's error is non-nil.
 	Unusable string
+	// Method is how the keys are trusted, as the token API reports it
+	// (MethodDNSSEC, MethodLeapOfFaith, ...). A Resolver leaves it "": the
+	// DNSSEC status then says it. AuthMethods set it.
+	Method string
 }
 
 // Gateway is one candidate IPsec gateway for a peer, with all its keys

@@ -40,16 +40,36 @@ type resolverServer struct {
 }
 
 func (s *resolverServer) Lookup(ctx context.Context, req *pluginpb.LookupRequest) (*pluginpb.LookupReply, error) {
+	q, err := lookupQueryFrom(req)
+	if err != nil {
+		return nil, err
+	}
+	ans, err := s.impl.Lookup(ctx, q)
+	return lookupReplyTo(ans, err), nil
+}
+
+func lookupQueryFrom(req *pluginpb.LookupRequest) (LookupQuery, error) {
 	q := LookupQuery{FQDN: req.GetFqdn()}
 	if a := req.GetAddr(); a != "" {
 		addr, err := netip.ParseAddr(a)
 		if err != nil {
-			return nil, fmt.Errorf("lookup request: addr %q: %w", a, err)
+			return LookupQuery{}, fmt.Errorf("lookup request: addr %q: %w", a, err)
 		}
 		q.Addr = addr
 	}
-	ans, err := s.impl.Lookup(ctx, q)
-	rep := &pluginpb.LookupReply{Dnssec: string(ans.DNSSEC), TtlNs: int64(ans.TTL), Name: ans.Name, Skipped: ans.Skipped, Unusable: ans.Unusable}
+	return q, nil
+}
+
+func lookupRequestTo(q LookupQuery) *pluginpb.LookupRequest {
+	req := &pluginpb.LookupRequest{Fqdn: q.FQDN}
+	if q.Addr.IsValid() {
+		req.Addr = q.Addr.String()
+	}
+	return req
+}
+
+func lookupReplyTo(ans LookupAnswer, err error) *pluginpb.LookupReply {
+	rep := &pluginpb.LookupReply{Dnssec: string(ans.DNSSEC), TtlNs: int64(ans.TTL), Name: ans.Name, Skipped: ans.Skipped, Unusable: ans.Unusable, Method: ans.Method}
 	if err != nil {
 		rep.Error = err.Error()
 	}
@@ -63,7 +83,7 @@ func (s *resolverServer) Lookup(ctx context.Context, req *pluginpb.LookupRequest
 		}
 		rep.Gateways = append(rep.Gateways, g)
 	}
-	return rep, nil
+	return rep
 }
 
 type resolverClient struct {
@@ -73,17 +93,19 @@ type resolverClient struct {
 // Lookup asks the plugin. A transport failure comes back as a *CallError;
 // an answer that breaks the contract as a *GarbageError.
 func (c *resolverClient) Lookup(ctx context.Context, q LookupQuery) (LookupAnswer, error) {
-	req := &pluginpb.LookupRequest{Fqdn: q.FQDN}
-	if q.Addr.IsValid() {
-		req.Addr = q.Addr.String()
-	}
-	rep, err := c.rpc.Lookup(ctx, req)
+	rep, err := c.rpc.Lookup(ctx, lookupRequestTo(q))
+	return lookupAnswerOf("resolver", "Lookup", rep, err)
+}
+
+// lookupAnswerOf turns a reply (or the call's error) into the contract's
+// answer and error.
+func lookupAnswerOf(module, call string, rep *pluginpb.LookupReply, err error) (LookupAnswer, error) {
 	if err != nil {
-		return LookupAnswer{}, callError("resolver", "Lookup", err)
+		return LookupAnswer{}, callError(module, call, err)
 	}
 	ans, err := lookupAnswerFrom(rep)
 	if err != nil {
-		return LookupAnswer{}, &GarbageError{Module: "resolver", Call: "Lookup", Err: err}
+		return LookupAnswer{}, &GarbageError{Module: module, Call: call, Err: err}
 	}
 	if rep.GetError() != "" {
 		return ans, errors.New(rep.GetError())
@@ -98,7 +120,10 @@ const (
 )
 
 func lookupAnswerFrom(rep *pluginpb.LookupReply) (LookupAnswer, error) {
-	ans := LookupAnswer{TTL: time.Duration(rep.GetTtlNs()), Name: rep.GetName(), Skipped: rep.GetSkipped(), Unusable: rep.GetUnusable()}
+	ans := LookupAnswer{TTL: time.Duration(rep.GetTtlNs()), Name: rep.GetName(), Skipped: rep.GetSkipped(), Unusable: rep.GetUnusable(), Method: rep.GetMethod()}
+	if !ValidMethod(ans.Method) {
+		return LookupAnswer{}, fmt.Errorf("method %q: want DNSSEC, BTNS, LEAPOFFAITH, PRESHAREDKEY, NONE or none", ans.Method)
+	}
 	switch s := DNSSECStatus(rep.GetDnssec()); s {
 	case "", DNSSECSecure, DNSSECInsecure, DNSSECBogus:
 		ans.DNSSEC = s

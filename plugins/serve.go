@@ -9,12 +9,16 @@ const (
 	KindResolver = "resolver"
 	KindLabels   = "labels"
 	KindXFRM     = "xfrm"
+	KindAuth     = "auth"
 )
 
 // Serve runs a module plugin binary: call it from main with the contracts
 // the binary implements (nil fields are not served). It returns when obold
 // ends the plugin. Run by hand, it prints that it is a plugin and exits.
-func Serve(m Modules) {
+func Serve(m Modules) { ServeWith(m, nil) }
+
+// ServeWith is Serve for a binary that also serves an authentication method.
+func ServeWith(m Modules, auth AuthMethod) {
 	set := goplugin.PluginSet{}
 	if m.Resolver != nil {
 		set[KindResolver] = &ResolverPlugin{Impl: m.Resolver}
@@ -24,6 +28,9 @@ func Serve(m Modules) {
 	}
 	if m.XFRM != nil {
 		set[KindXFRM] = &XFRMCheckerPlugin{Impl: m.XFRM}
+	}
+	if auth != nil {
+		set[KindAuth] = &AuthMethodPlugin{Impl: auth}
 	}
 	goplugin.Serve(&goplugin.ServeConfig{HandshakeConfig: Handshake, Plugins: set, GRPCServer: goplugin.DefaultGRPCServer})
 }

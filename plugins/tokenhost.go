@@ -96,6 +96,9 @@ type AuthEvidence struct {
 	// on the DNS answer that gave the peer's key ("secure", "insecure").
 	OE     bool
 	DNSSEC string
+	// OEMethod is how obold's auth methods trusted the OE peer's keys
+	// (plugins.MethodLeapOfFaith, ...); "" means by DNSSEC alone.
+	OEMethod string
 	// LogMethod is METHOD from "authentication of 'ID' with METHOD
 	// successful" for the peer's ID.
 	LogMethod string

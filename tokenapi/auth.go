@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"strings"
 
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
@@ -28,8 +29,10 @@ type AuthFacts struct {
 //  2. an EAP round or remote_eap_id: EAP;
 //  3. pre-shared key: GROUPKEY when the secret serves several identities
 //     or any identity (SecretOwners != 1), else PRESHAREDKEY;
-//  4. public key, obold's OE conn: DNSSEC when the DNS answer was secure,
-//     BTNS otherwise (a key from unvalidated DNS is an unverified key);
+//  4. public key, obold's OE conn: what the auth method that gave the key
+//     said (LEAPOFFAITH, PRESHAREDKEY for static keys, NONE), else DNSSEC
+//     when the DNS answer was secure, BTNS otherwise (a key from
+//     unvalidated DNS is an unverified key);
 //  5. public key with a key the administrator pinned in the conn:
 //     PRESHAREDKEY. The key was configured out of band for this one peer,
 //     which is the trust of a unique pre-shared key; pubKeyID tells it
@@ -69,6 +72,12 @@ func DeriveAuthMethod(p Peer) AuthFacts {
 		return AuthFacts{Method: wire.AuthGroupKey, Basis: "pre-shared key shared by several identities"}
 	case !has("public key") && !isSignature(logm):
 		return AuthFacts{Method: wire.AuthNone, Basis: "peer not authenticated (auth class " + quoteOr(ev.ConnClass, "none") + ")"}
+	case ev.OE && ev.OEMethod == plugins.MethodLeapOfFaith:
+		return AuthFacts{Method: wire.AuthLeapOfFaith, Basis: "public key trusted at first contact and unchanged since (leap of faith)"}
+	case ev.OE && ev.OEMethod == plugins.MethodPresharedKey:
+		return AuthFacts{Method: wire.AuthPresharedKey, Basis: "public key the administrator provided for this peer (static keys)"}
+	case ev.OE && ev.OEMethod == plugins.MethodNone:
+		return AuthFacts{Method: wire.AuthNone, Basis: "public key nothing vouches for (auth method said NONE)"}
 	case ev.OE && strings.EqualFold(ev.DNSSEC, "secure"):
 		return AuthFacts{Method: wire.AuthDNSSEC, Basis: "public key from DNSSEC-secure DNS"}
 	case ev.OE:

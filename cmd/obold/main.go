@@ -12,11 +12,13 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/obol-ipsec/obol/internal/authmethod"
 	"github.com/obol-ipsec/obol/internal/config"
 	"github.com/obol-ipsec/obol/internal/control"
 	"github.com/obol-ipsec/obol/internal/daemon"
@@ -256,6 +258,13 @@ func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err erro
 			set.closers = append(set.closers, r)
 			set.Resolver = r
 		}
+		// The OE engine asks the [auth] methods in order, DNS among them.
+		chain, err := authChain(cfg.Auth.WithDefaults(), set.Resolver, external, log)
+		if err != nil {
+			return set, err
+		}
+		log.Info("OE auth methods", "methods", chain.Names())
+		set.Resolver = chain
 	}
 	if cfg.TokenAPI.Enabled {
 		set.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: log.With("module", "tokenapi")}
@@ -276,6 +285,34 @@ func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err erro
 		}
 	}
 	return set, nil
+}
+
+// authChain builds the auth methods of [auth] in order over r (DNS).
+func authChain(c authmethod.Config, r plugins.Resolver, external func(string, config.Plugin) (*pluginhost.Supervisor, error), log *slog.Logger) (authmethod.Chain, error) {
+	var chain authmethod.Chain
+	for _, name := range c.Methods {
+		switch name {
+		case authmethod.NameDNS:
+			chain = append(chain, authmethod.Named{Name: name, Method: authmethod.DNS{Resolver: r}})
+		case authmethod.NameStatic:
+			chain = append(chain, authmethod.Named{Name: name, Method: authmethod.StaticDir{Dir: c.Static.Dir}})
+		case authmethod.NameLeapOfFaith:
+			chain = append(chain, authmethod.Named{Name: name, Method: &authmethod.LeapOfFaith{Resolver: r, Store: c.LeapOfFaith.Store,
+				AllowKeyChange: c.LeapOfFaith.AllowKeyChange, Log: log.With("auth", name)}})
+		default:
+			i := slices.IndexFunc(c.Plugins, func(p authmethod.PluginConfig) bool { return p.Name == name })
+			if i < 0 {
+				return nil, fmt.Errorf("auth method %q: no [[auth.plugin]] of that name", name) // config validation prevents it
+			}
+			p := c.Plugins[i]
+			s, err := external(plugins.KindAuth, config.Plugin{Path: p.Path, Args: p.Args, Env: p.Env})
+			if err != nil {
+				return nil, fmt.Errorf("auth method %q: %w", name, err)
+			}
+			chain = append(chain, authmethod.Named{Name: name, Method: pluginhost.AuthMethod(s)})
+		}
+	}
+	return chain, nil
 }
 
 // kernelOE joins obold's policy installer and the ACQUIRE listener: the

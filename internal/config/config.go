@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/obol-ipsec/obol/internal/authmethod"
 	"os"
 	"path/filepath"
 
@@ -35,6 +36,8 @@ type Config struct {
 	// ([modules.resolver], [modules.labels], [modules.xfrm]); a module
 	// without a section runs built in.
 	Modules Modules `toml:"modules"`
+	// Auth says how OE peers' keys are found and trusted ([auth]).
+	Auth authmethod.Config `toml:"auth"`
 }
 
 // Modules names the external plugin of each module that has one.
@@ -209,6 +212,11 @@ func (c *Config) resolvePaths() {
 	c.OE.KeyFile = abs(c.OE.KeyFile)
 	for _, m := range []*Plugin{&c.Modules.Resolver, &c.Modules.Labels, &c.Modules.XFRM} {
 		m.Path = abs(m.Path)
+	}
+	c.Auth.Static.Dir = abs(c.Auth.Static.Dir)
+	c.Auth.LeapOfFaith.Store = abs(c.Auth.LeapOfFaith.Store)
+	for i := range c.Auth.Plugins {
+		c.Auth.Plugins[i].Path = abs(c.Auth.Plugins[i].Path)
 	}
 	for i := range c.Conns {
 		cn := &c.Conns[i]

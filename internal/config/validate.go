@@ -63,6 +63,9 @@ func (c *Config) validate() []problem {
 	for _, p := range c.OE.Validate() {
 		ps = append(ps, problem{p.Path, p.Msg})
 	}
+	for _, p := range c.Auth.Validate(c.OE.DNS.RequireDNSSEC) {
+		ps = append(ps, problem{p.Path, p.Msg})
+	}
 	if c.OE.Enabled() && c.OE.KeyFile != "" {
 		if _, err := os.ReadFile(c.OE.KeyFile); err != nil {
 			ps = append(ps, problem{"oe.key_file", fmt.Sprintf("cannot read key_file %q: %v; fix the path (relative paths start at the config's directory) or the file's permissions", c.OE.KeyFile, err)})

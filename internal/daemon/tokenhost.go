@@ -135,7 +135,7 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 		h.mu.Unlock()
 		oef, isOE := oeFacts[sa.Name]
 		if isOE {
-			ev.OE, ev.DNSSEC, ev.PinnedKey = true, string(oef.DNSSEC), true
+			ev.OE, ev.DNSSEC, ev.OEMethod, ev.PinnedKey = true, string(oef.DNSSEC), oef.Method, true
 		} else if ev.ConnClass == "public key" && ev.TrustedCADN == "" {
 			// A raw key the administrator configured for this peer.
 			ev.PinnedKey = true

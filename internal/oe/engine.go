@@ -64,8 +64,11 @@ type Tunnel struct {
 	Gateway   string               `json:"gateway,omitempty"`    // the peer's IKE address
 	KeySource string               `json:"key_source,omitempty"` // the DNS record the peer's key came from
 	DNSSEC    plugins.DNSSECStatus `json:"dnssec,omitempty"`
-	Reason    string               `json:"reason,omitempty"` // why it failed
-	Since     time.Time            `json:"since"`
+	// Method is how the peer's keys were trusted ([auth] methods: DNSSEC,
+	// BTNS, LEAPOFFAITH, PRESHAREDKEY); the token API reports it.
+	Method string    `json:"method,omitempty"`
+	Reason string    `json:"reason,omitempty"` // why it failed
+	Since  time.Time `json:"since"`
 	// LifespanEnd is when the tunnel's use is next checked (up), or when
 	// its failure shunt ends (failed).
 	LifespanEnd time.Time `json:"lifespan_end"`
@@ -414,7 +417,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	}
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: pair.Dst})
 	e.mu.Lock()
-	t.DNSSEC = ans.DNSSEC
+	t.DNSSEC, t.Method = ans.DNSSEC, ans.Method
 	e.mu.Unlock()
 	if err != nil {
 		reason := "DNS: " + err.Error()
@@ -786,7 +789,7 @@ func (e *Engine) respond(peer netip.Addr) {
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		e.mu.Lock()
-		t.Gateway, t.KeySource, t.DNSSEC = gatewayName(*gw), gw.Source, ans.DNSSEC
+		t.Gateway, t.KeySource, t.DNSSEC, t.Method = gatewayName(*gw), gw.Source, ans.DNSSEC, ans.Method
 		if len(gw.Keys) == 1 {
 			t.peerKey = gw.Keys[0]
 		}
@@ -997,6 +1000,7 @@ func (e *Engine) Wanted() []xfrm.Policy {
 // ConnFact is what the token API needs of one OE conn.
 type ConnFact struct {
 	DNSSEC plugins.DNSSECStatus
+	Method string // how the peer's keys were trusted; "" means by DNSSEC status
 	// PeerKey is the key DNS gave for the peer when it gave exactly one
 	// (with several, charon does not say which one authenticated); OurKey
 	// is ours. Either is empty when unknown.
@@ -1010,7 +1014,7 @@ func (e *Engine) ConnFacts() map[string]ConnFact {
 	defer e.mu.Unlock()
 	out := make(map[string]ConnFact, len(e.tunnels))
 	for _, t := range e.tunnels {
-		f := ConnFact{DNSSEC: t.DNSSEC}
+		f := ConnFact{DNSSEC: t.DNSSEC, Method: t.Method}
 		if len(t.peerKey.Data) > 0 && len(e.ourKey.Data) > 0 {
 			f.PeerKey, f.OurKey = t.peerKey, e.ourKey
 		}

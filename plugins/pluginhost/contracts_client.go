@@ -46,3 +46,14 @@ func (x xfrmChecker) Datapath(ctx context.Context, charonPlugins []string) (plug
 func (x xfrmChecker) Check(ctx context.Context, want []plugins.Policy) (plugins.Report, error) {
 	return call(ctx, x.s, func(ctx context.Context, c plugins.XFRMChecker) (plugins.Report, error) { return c.Check(ctx, want) })
 }
+
+// AuthMethod is a plugins.AuthMethod served by the supervised plugin.
+func AuthMethod(s *Supervisor) plugins.AuthMethod { return authMethod{s} }
+
+type authMethod struct{ s *Supervisor }
+
+func (a authMethod) Credentials(ctx context.Context, q plugins.LookupQuery) (plugins.LookupAnswer, error) {
+	return call(ctx, a.s, func(ctx context.Context, c plugins.AuthMethod) (plugins.LookupAnswer, error) {
+		return c.Credentials(ctx, q)
+	})
+}

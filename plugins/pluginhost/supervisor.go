@@ -28,7 +28,8 @@ import (
 
 // Spec says how to run one module plugin.
 type Spec struct {
-	// Kind is the contract the binary serves: "resolver", "labels", "xfrm".
+	// Kind is the contract the binary serves: "resolver", "labels", "xfrm",
+	// "auth".
 	Kind string
 	// Path is the plugin binary; Args its arguments.
 	Path string
@@ -71,6 +72,7 @@ func pluginSet() goplugin.PluginSet {
 		plugins.KindResolver: &plugins.ResolverPlugin{},
 		plugins.KindLabels:   &plugins.LabelPolicyPlugin{},
 		plugins.KindXFRM:     &plugins.XFRMCheckerPlugin{},
+		plugins.KindAuth:     &plugins.AuthMethodPlugin{},
 	}
 }
 
@@ -108,7 +110,7 @@ type Status struct {
 func Start(ctx context.Context, spec Spec) (*Supervisor, error) {
 	spec = spec.withDefaults()
 	if _, ok := pluginSet()[spec.Kind]; !ok {
-		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels or xfrm", spec.Kind)
+		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels, xfrm or auth", spec.Kind)
 	}
 	s := &Supervisor{spec: spec, log: spec.Log.With("module", spec.Kind, "plugin", spec.Path)}
 	s.mu.Lock()

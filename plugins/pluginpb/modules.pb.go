@@ -216,7 +216,10 @@ type LookupReply struct {
 	Unusable string                 `protobuf:"bytes,6,opt,name=unusable,proto3" json:"unusable,omitempty"`
 	// error is Lookup's error text; the answer above still carries what is
 	// known (errors.Is does not survive an RPC, so reasons are text).
-	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// method is how the keys are trusted (AuthMethod answers): "DNSSEC",
+	// "BTNS", "LEAPOFFAITH", "PRESHAREDKEY", "NONE" or "".
+	Method        string `protobuf:"bytes,8,opt,name=method,proto3" json:"method,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,6 +299,13 @@ func (x *LookupReply) GetUnusable() string {
 func (x *LookupReply) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *LookupReply) GetMethod() string {
+	if x != nil {
+		return x.Method
 	}
 	return ""
 }
@@ -1010,7 +1020,7 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\x06source\x18\x05 \x01(\tR\x06source\"7\n" +
 	"\rLookupRequest\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x12\n" +
-	"\x04fqdn\x18\x02 \x01(\tR\x04fqdn\"\xd2\x01\n" +
+	"\x04fqdn\x18\x02 \x01(\tR\x04fqdn\"\xea\x01\n" +
 	"\vLookupReply\x124\n" +
 	"\bgateways\x18\x01 \x03(\v2\x18.obol.plugins.v1.GatewayR\bgateways\x12\x16\n" +
 	"\x06dnssec\x18\x02 \x01(\tR\x06dnssec\x12\x15\n" +
@@ -1018,7 +1028,8 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x18\n" +
 	"\askipped\x18\x05 \x03(\tR\askipped\x12\x1a\n" +
 	"\bunusable\x18\x06 \x01(\tR\bunusable\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\x90\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x16\n" +
+	"\x06method\x18\b \x01(\tR\x06method\"\x90\x01\n" +
 	"\x04Flow\x12\x14\n" +
 	"\x05local\x18\x01 \x01(\tR\x05local\x12\x16\n" +
 	"\x06remote\x18\x02 \x01(\tR\x06remote\x12\x1a\n" +
@@ -1075,7 +1086,10 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\x05extra\x18\x02 \x03(\v2\x17.obol.plugins.v1.PolicyR\x05extra\x12-\n" +
 	"\x05stale\x18\x03 \x03(\v2\x17.obol.plugins.v1.PolicyR\x05stale2R\n" +
 	"\bResolver\x12F\n" +
-	"\x06Lookup\x12\x1e.obol.plugins.v1.LookupRequest\x1a\x1c.obol.plugins.v1.LookupReply2\xa7\x01\n" +
+	"\x06Lookup\x12\x1e.obol.plugins.v1.LookupRequest\x1a\x1c.obol.plugins.v1.LookupReply2Y\n" +
+	"\n" +
+	"AuthMethod\x12K\n" +
+	"\vCredentials\x12\x1e.obol.plugins.v1.LookupRequest\x1a\x1c.obol.plugins.v1.LookupReply2\xa7\x01\n" +
 	"\vLabelPolicy\x12J\n" +
 	"\tAuthorize\x12\x1d.obol.plugins.v1.LabelRequest\x1a\x1e.obol.plugins.v1.LabelDecision\x12L\n" +
 	"\bChildren\x12 .obol.plugins.v1.ChildrenRequest\x1a\x1e.obol.plugins.v1.ChildrenReply2\xa0\x01\n" +
@@ -1123,17 +1137,19 @@ var file_obol_plugins_v1_modules_proto_depIdxs = []int32{
 	12, // 6: obol.plugins.v1.CheckReply.extra:type_name -> obol.plugins.v1.Policy
 	12, // 7: obol.plugins.v1.CheckReply.stale:type_name -> obol.plugins.v1.Policy
 	2,  // 8: obol.plugins.v1.Resolver.Lookup:input_type -> obol.plugins.v1.LookupRequest
-	5,  // 9: obol.plugins.v1.LabelPolicy.Authorize:input_type -> obol.plugins.v1.LabelRequest
-	7,  // 10: obol.plugins.v1.LabelPolicy.Children:input_type -> obol.plugins.v1.ChildrenRequest
-	10, // 11: obol.plugins.v1.XFRMChecker.Datapath:input_type -> obol.plugins.v1.DatapathRequest
-	13, // 12: obol.plugins.v1.XFRMChecker.Check:input_type -> obol.plugins.v1.CheckRequest
-	3,  // 13: obol.plugins.v1.Resolver.Lookup:output_type -> obol.plugins.v1.LookupReply
-	6,  // 14: obol.plugins.v1.LabelPolicy.Authorize:output_type -> obol.plugins.v1.LabelDecision
-	9,  // 15: obol.plugins.v1.LabelPolicy.Children:output_type -> obol.plugins.v1.ChildrenReply
-	11, // 16: obol.plugins.v1.XFRMChecker.Datapath:output_type -> obol.plugins.v1.DatapathReply
-	14, // 17: obol.plugins.v1.XFRMChecker.Check:output_type -> obol.plugins.v1.CheckReply
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
+	2,  // 9: obol.plugins.v1.AuthMethod.Credentials:input_type -> obol.plugins.v1.LookupRequest
+	5,  // 10: obol.plugins.v1.LabelPolicy.Authorize:input_type -> obol.plugins.v1.LabelRequest
+	7,  // 11: obol.plugins.v1.LabelPolicy.Children:input_type -> obol.plugins.v1.ChildrenRequest
+	10, // 12: obol.plugins.v1.XFRMChecker.Datapath:input_type -> obol.plugins.v1.DatapathRequest
+	13, // 13: obol.plugins.v1.XFRMChecker.Check:input_type -> obol.plugins.v1.CheckRequest
+	3,  // 14: obol.plugins.v1.Resolver.Lookup:output_type -> obol.plugins.v1.LookupReply
+	3,  // 15: obol.plugins.v1.AuthMethod.Credentials:output_type -> obol.plugins.v1.LookupReply
+	6,  // 16: obol.plugins.v1.LabelPolicy.Authorize:output_type -> obol.plugins.v1.LabelDecision
+	9,  // 17: obol.plugins.v1.LabelPolicy.Children:output_type -> obol.plugins.v1.ChildrenReply
+	11, // 18: obol.plugins.v1.XFRMChecker.Datapath:output_type -> obol.plugins.v1.DatapathReply
+	14, // 19: obol.plugins.v1.XFRMChecker.Check:output_type -> obol.plugins.v1.CheckReply
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -1152,7 +1168,7 @@ func file_obol_plugins_v1_modules_proto_init() {
 			NumEnums:      0,
 			NumMessages:   15,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_obol_plugins_v1_modules_proto_goTypes,
 		DependencyIndexes: file_obol_plugins_v1_modules_proto_depIdxs,

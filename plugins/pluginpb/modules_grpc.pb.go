@@ -126,6 +126,108 @@ var Resolver_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	AuthMethod_Credentials_FullMethodName = "/obol.plugins.v1.AuthMethod/Credentials"
+)
+
+// AuthMethodClient is the client API for AuthMethod service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type AuthMethodClient interface {
+	Credentials(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupReply, error)
+}
+
+type authMethodClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAuthMethodClient(cc grpc.ClientConnInterface) AuthMethodClient {
+	return &authMethodClient{cc}
+}
+
+func (c *authMethodClient) Credentials(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LookupReply)
+	err := c.cc.Invoke(ctx, AuthMethod_Credentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AuthMethodServer is the server API for AuthMethod service.
+// All implementations must embed UnimplementedAuthMethodServer
+// for forward compatibility.
+type AuthMethodServer interface {
+	Credentials(context.Context, *LookupRequest) (*LookupReply, error)
+	mustEmbedUnimplementedAuthMethodServer()
+}
+
+// UnimplementedAuthMethodServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedAuthMethodServer struct{}
+
+func (UnimplementedAuthMethodServer) Credentials(context.Context, *LookupRequest) (*LookupReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Credentials not implemented")
+}
+func (UnimplementedAuthMethodServer) mustEmbedUnimplementedAuthMethodServer() {}
+func (UnimplementedAuthMethodServer) testEmbeddedByValue()                    {}
+
+// UnsafeAuthMethodServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AuthMethodServer will
+// result in compilation errors.
+type UnsafeAuthMethodServer interface {
+	mustEmbedUnimplementedAuthMethodServer()
+}
+
+func RegisterAuthMethodServer(s grpc.ServiceRegistrar, srv AuthMethodServer) {
+	// If the following call panics, it indicates UnimplementedAuthMethodServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&AuthMethod_ServiceDesc, srv)
+}
+
+func _AuthMethod_Credentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuthMethodServer).Credentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuthMethod_Credentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuthMethodServer).Credentials(ctx, req.(*LookupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// AuthMethod_ServiceDesc is the grpc.ServiceDesc for AuthMethod service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var AuthMethod_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "obol.plugins.v1.AuthMethod",
+	HandlerType: (*AuthMethodServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Credentials",
+			Handler:    _AuthMethod_Credentials_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "obol/plugins/v1/modules.proto",
+}
+
+const (
 	LabelPolicy_Authorize_FullMethodName = "/obol.plugins.v1.LabelPolicy/Authorize"
 	LabelPolicy_Children_FullMethodName  = "/obol.plugins.v1.LabelPolicy/Children"
 )
