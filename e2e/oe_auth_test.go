@@ -109,7 +109,7 @@ func TestOELeapOfFaith(t *testing.T) {
 	}
 	zone(base64.StdEncoding.EncodeToString(resolver.EncodeRFC3110(&other.PublicKey)))
 	oa.stop()
-	oa.start() // the pin must come from the store, not from memory
+	oa.start()                  // the pin must come from the store, not from memory
 	time.Sleep(2 * time.Second) // the 1s TTL runs out in unbound's cache
 	if _, err := ha.Exec(ctx, "ping", "-c", "2", "-W", "1", "192.0.2.12"); err == nil {
 		t.Fatal("hostb answered although its key changed")
