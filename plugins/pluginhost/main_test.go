@@ -31,7 +31,8 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		plugins.Serve(plugins.Modules{Resolver: misbehaving{r}, Labels: lp, XFRM: pluginstest.XFRMFixture()})
+		plugins.ServeWith(plugins.Modules{Resolver: misbehaving{r}, Labels: lp, XFRM: pluginstest.XFRMFixture()},
+			pluginstest.AuthFixture(os.Getenv("OBOL_TESTPLUGIN_AUTHDIR")))
 	case "badversion":
 		hs := plugins.Handshake
 		hs.ProtocolVersion = plugins.ProtocolVersion + 1

@@ -65,6 +65,14 @@ func TestPluginConformance(t *testing.T) {
 		s, _ := startPlugin(t, plugins.KindXFRM, "modules", nil)
 		pluginstest.XFRMChecker(t, XFRMChecker(s))
 	})
+	t.Run("auth", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := pluginstest.WriteAuthFixture(dir); err != nil {
+			t.Fatal(err)
+		}
+		s, _ := startPlugin(t, plugins.KindAuth, "modules", func(sp *Spec) { sp.Env = append(sp.Env, "OBOL_TESTPLUGIN_AUTHDIR="+dir) })
+		pluginstest.AuthMethod(t, AuthMethod(s))
+	})
 }
 
 func TestWrongProtocolVersionRefused(t *testing.T) {

@@ -12,8 +12,11 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/obol-ipsec/obol/internal/authmethod"
 	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
@@ -96,3 +99,24 @@ type fixedKernel []xfrm.Policy
 func (k fixedKernel) Policies(context.Context) ([]xfrm.Policy, error) {
 	return append([]xfrm.Policy(nil), k...), nil
 }
+
+// WriteAuthFixture fills dir with the static keys the AuthMethod suite
+// expects: 192.0.2.12 (its own gateway, key 1) and 10.2.0.10 (behind
+// gateway 192.0.2.2, key 2).
+func WriteAuthFixture(dir string) error {
+	files := map[string]string{
+		"192.0.2.12": "ed25519 " + base64.StdEncoding.EncodeToString(fixtureKey(1)) + "\n",
+		"10.2.0.10":  "gateway 192.0.2.2\ned25519 " + base64.StdEncoding.EncodeToString(fixtureKey(2)) + "\n",
+		"192.0.2.13": "ed25519 broken!\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return fmt.Errorf("pluginstest: auth fixture: %w", err)
+		}
+	}
+	return nil
+}
+
+// AuthFixture is obol's built-in static keys method over a directory that
+// WriteAuthFixture filled.
+func AuthFixture(dir string) plugins.AuthMethod { return authmethod.StaticDir{Dir: dir} }

@@ -16,4 +16,9 @@ func TestBuiltInConformance(t *testing.T) {
 	}
 	t.Run("labels", func(t *testing.T) { LabelPolicy(t, lp) })
 	t.Run("xfrm", func(t *testing.T) { XFRMChecker(t, XFRMFixture()) })
+	dir := t.TempDir()
+	if err := WriteAuthFixture(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("auth", func(t *testing.T) { AuthMethod(t, AuthFixture(dir)) })
 }

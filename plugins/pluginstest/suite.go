@@ -169,3 +169,42 @@ func XFRMChecker(t *testing.T, x plugins.XFRMChecker) {
 		t.Error("a report with a missing and a stale policy says OK")
 	}
 }
+
+// AuthMethod checks the AuthMethod contract on m, which must answer like
+// AuthFixture over a WriteAuthFixture directory.
+func AuthMethod(t *testing.T, m plugins.AuthMethod) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		q       plugins.LookupQuery
+		gateway string
+		key     []byte
+		errWant string
+	}{
+		{"peer is its own gateway", plugins.LookupQuery{Addr: netip.MustParseAddr("192.0.2.12")}, "192.0.2.12", fixtureKey(1), ""},
+		{"peer behind a gateway", plugins.LookupQuery{Addr: netip.MustParseAddr("10.2.0.10")}, "192.0.2.2", fixtureKey(2), ""},
+		{"no opinion", plugins.LookupQuery{Addr: netip.MustParseAddr("192.0.2.99")}, "", nil, ""},
+		{"a broken key file is an error", plugins.LookupQuery{Addr: netip.MustParseAddr("192.0.2.13")}, "", nil, "not base64"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ans, err := m.Credentials(ctx, tc.q)
+			if (tc.errWant == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.errWant) {
+				t.Fatalf("err %v, want %q", err, tc.errWant)
+			}
+			if tc.gateway == "" {
+				if len(ans.Gateways) != 0 || ans.Unusable != "" {
+					t.Fatalf("answer %+v, want no opinion", ans)
+				}
+				return
+			}
+			if len(ans.Gateways) != 1 || ans.Method != plugins.MethodPresharedKey {
+				t.Fatalf("answer %+v", ans)
+			}
+			gw := ans.Gateways[0]
+			if gw.Addr != netip.MustParseAddr(tc.gateway) || len(gw.Keys) != 1 || !bytes.Equal(gw.Keys[0].Data, tc.key) {
+				t.Fatalf("gateway %+v, want %s with the fixture key", gw, tc.gateway)
+			}
+		})
+	}
+}
