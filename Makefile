@@ -34,9 +34,10 @@ build: ctoken plugins
 	$(GO) build -o $(BIN)/tokenserver ./examples/tokenserver
 
 # plugins builds the module plugin binaries: obol-module (obol's own
-# modules out of process).
+# modules out of process) and the example auth-method plugin corpkeys.
 plugins:
 	$(GO) build -o $(BIN)/obol-module ./cmd/obol-module
+	$(GO) build -o $(BIN)/corpkeys ./examples/plugins/corpkeys
 
 # proto regenerates the go-plugin gRPC code (committed; run after editing
 # plugins/proto). protoc comes from Debian's protobuf-compiler.

@@ -122,3 +122,55 @@ func TestOELeapOfFaith(t *testing.T) {
 		t.Errorf("ICMP went out in clear:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// TestOEAuthPlugin: hosta's only auth method is the example plugin
+// corpkeys (examples/plugins/corpkeys), an external go-plugin process that
+// finds hostb's key in a signed company key zone; hostb publishes nothing
+// in its reverse map. The tunnel comes up on the plugin's word, with the
+// method it reported; an address the directory does not list gets no
+// tunnel and nothing in clear.
+func TestOEAuthPlugin(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
+	for _, z := range []lab.Zone{
+		{Name: "2.0.192.in-addr.arpa.", Records: []string{"11 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns}},
+		{Name: "keys.example.test.", Records: []string{"192-0-2-12 300 IN TXT " + txtStrings("rsa "+kb.dns)}},
+	} {
+		if err := l.SetZone(ctx, z); err != nil {
+			t.Fatal(err)
+		}
+	}
+	auth := fmt.Sprintf(`[auth]
+methods = ["corpkeys"]
+[[auth.plugin]]
+name = "corpkeys"
+plugin = %q
+args = ["--server", "192.0.2.53:53", "--zone", "keys.example.test."]
+`, filepath.Join(binDir, "corpkeys"))
+	// Put gwa (192.0.2.1, no records anywhere) in hosta's private group
+	// too, to see a refusal that leaves nothing in clear.
+	cfgA := strings.Replace(oeHost("192.0.2.11", "", "192.0.2.12", ka), `cidrs = ["192.0.2.12/32"]`, `cidrs = ["192.0.2.12/32", "192.0.2.1/32"]`, 1)
+	if !strings.Contains(cfgA, "192.0.2.1/32") {
+		t.Fatal("could not add 192.0.2.1 to hosta's private group")
+	}
+	oa := startObold(t, ha, cfgA+auth)
+	startObold(t, hb, oeHost("192.0.2.12", "", "192.0.2.11", kb))
+	clear := wire(t, l, "icmp and host 192.0.2.11")
+	tu := reachOE(t, ctx, ha, oa, "192.0.2.12")
+	if tu.Method != "DNSSEC" || tu.KeySource != "corpkeys TXT" || tu.DNSSEC != "secure" {
+		t.Errorf("tunnel on the plugin's word: %+v", tu)
+	}
+	if _, err := ha.Exec(ctx, "ping", "-c", "1", "-W", "1", "192.0.2.1"); err == nil {
+		t.Error("192.0.2.1 answered although no method vouches for it under private")
+	}
+	failed := waitOE(t, oa, "192.0.2.1", oe.StateFailed, 10*time.Second)
+	if !strings.Contains(failed.Reason, "no OE records") {
+		t.Errorf("refusal: %+v", failed)
+	}
+	if lines := stopCapture(t, clear); len(lines) > 0 {
+		t.Errorf("ICMP went out in clear:\n%s", strings.Join(lines, "\n"))
+	}
+}

@@ -286,7 +286,32 @@ func (e *Engine) basePolicies() []xfrm.Policy {
 		src := anyOf(pr.Addr())
 		want = append(want, xfrm.Policy{Src: src, Dst: pr, Dir: xfrm.DirOut, Action: xfrm.Block, Priority: e.p.Band.Priority(xfrm.RoleShunt, src, pr)})
 	}
-	return want
+	return firstPerSelector(want)
+}
+
+// firstPerSelector keeps the first policy of each selector. The kernel
+// holds one policy per selector and direction, whatever the priority: a
+// group CIDR that is exactly an exempt address (the resolver in a private
+// /32) would otherwise replace its bypass with a trap and cut DNS off.
+// Bypasses come first in want, so they win, as exemptions must.
+func firstPerSelector(ps []xfrm.Policy) []xfrm.Policy {
+	type sel struct {
+		src, dst         netip.Prefix
+		dir              xfrm.Dir
+		proto            uint8
+		srcPort, dstPort uint16
+	}
+	seen := make(map[sel]bool, len(ps))
+	out := ps[:0]
+	for _, p := range ps {
+		k := sel{p.Src, p.Dst, p.Dir, p.Proto, p.SrcPort, p.DstPort}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, p)
+	}
+	return out
 }
 
 // initiateTries and retryPause shape the retry of one gateway (see initiate).

@@ -299,6 +299,21 @@ func TestOwnAddressesExempt(t *testing.T) {
 	}
 }
 
+// A group CIDR that is exactly the resolver's address gets no trap: the
+// kernel keeps one policy per selector, and the trap would replace the
+// resolver's bypass (DNS cut off under private).
+func TestGroupOnExemptAddressKeepsBypass(t *testing.T) {
+	for _, groups := range []string{"private=192.0.2.53/32", "block=192.0.2.53/32"} {
+		r := newRig(t, groups, nil)
+		if n := len(r.policies(t, xfrm.Trap, "0.0.0.0/0", "192.0.2.53/32")) + len(r.policies(t, xfrm.Block, "0.0.0.0/0", "192.0.2.53/32")); n != 0 {
+			t.Errorf("%s: %d trap/block policies on the resolver's own selector", groups, n)
+		}
+		if len(r.policies(t, xfrm.Allow, "0.0.0.0/0", "192.0.2.53/32")) != 2 {
+			t.Errorf("%s: the resolver's bypass was lost", groups)
+		}
+	}
+}
+
 func TestFailoverToNextGateway(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
 	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}}
