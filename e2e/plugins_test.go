@@ -99,6 +99,11 @@ func TestOEResolverPlugin(t *testing.T) {
 		}
 	}
 	oa.waitLog("module plugin restarted", 5*time.Second)
+	st, err := oa.status()
+	if err != nil || !strings.Contains(st.Obold.Modules["resolver"], "[resolver plugin "+filepath.Join(binDir, "obol-module")) ||
+		!strings.Contains(st.Obold.Modules["resolver"], "restarts 1") {
+		t.Errorf("obolctl status after the restart: modules %v, err %v", st.Obold.Modules, err)
+	}
 
 	// Close the tunnel; the next packet needs a new setup, and with it a
 	// lookup in the new plugin process (its cache starts empty).

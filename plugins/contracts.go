@@ -176,3 +176,10 @@ type Modules struct {
 	XFRM     XFRMChecker
 	TokenAPI TokenAPI
 }
+
+// Describer is optional for a module value: it says how the module runs
+// ("plugin /usr/libexec/obol/x (pid 42, restarts 1)"), for obolctl status.
+// A module without it is reported as "built-in".
+type Describer interface {
+	Describe() string
+}

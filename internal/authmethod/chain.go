@@ -78,6 +78,28 @@ func (c Chain) Names() string {
 	return strings.Join(n, ", ")
 }
 
+// Describe implements plugins.Describer: the methods in order, with how
+// each runs when it is not plain built-in code.
+func (c Chain) Describe() string {
+	var parts []string
+	for _, m := range c {
+		p := m.Name
+		if d, ok := m.Method.(plugins.Describer); ok {
+			p += " [" + d.Describe() + "]"
+		}
+		parts = append(parts, p)
+	}
+	return "auth methods: " + strings.Join(parts, ", ")
+}
+
+// Describe says how DNS is asked: through the resolver module.
+func (d DNS) Describe() string {
+	if r, ok := d.Resolver.(plugins.Describer); ok {
+		return "resolver " + r.Describe()
+	}
+	return "built-in resolver"
+}
+
 // methodOf is what keys from DNS are worth: DNSSEC when validated, else
 // BTNS (an unverified key).
 func methodOf(s plugins.DNSSECStatus) string {

@@ -38,7 +38,8 @@ type OboldStatus struct {
 	LastResync time.Time     `json:"last_resync"`
 	ResyncTook time.Duration `json:"resync_took"`
 	LastError  string        `json:"last_error,omitempty"`
-	// Modules says how each module runs: "built-in" or "off".
+	// Modules says how each module runs: "built-in", "off", or what the
+	// module describes (a plugin: its path, pid and restarts).
 	Modules map[string]string `json:"modules"`
 }
 

@@ -527,9 +527,13 @@ func (d *Daemon) Status(ctx context.Context) control.Status {
 	}
 	s.Obold.ConnPrefix = d.cfg.Obold.ConnPrefix
 	s.Obold.Modules = map[string]string{}
-	for name, on := range map[string]bool{"resolver": d.modules.Resolver != nil, "labels": d.modules.Labels != nil, "xfrm": d.modules.XFRM != nil, "tokenapi": d.modules.TokenAPI != nil} {
-		s.Obold.Modules[name] = "off"
-		if on {
+	for name, m := range map[string]any{"resolver": d.modules.Resolver, "labels": d.modules.Labels, "xfrm": d.modules.XFRM, "tokenapi": d.modules.TokenAPI} {
+		switch m := m.(type) {
+		case nil:
+			s.Obold.Modules[name] = "off"
+		case plugins.Describer:
+			s.Obold.Modules[name] = m.Describe()
+		default:
 			s.Obold.Modules[name] = "built-in"
 		}
 	}

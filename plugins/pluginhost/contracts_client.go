@@ -57,3 +57,9 @@ func (a authMethod) Credentials(ctx context.Context, q plugins.LookupQuery) (plu
 		return c.Credentials(ctx, q)
 	})
 }
+
+// Describe implements plugins.Describer for every supervised module.
+func (r resolver) Describe() string    { return r.s.Describe() }
+func (l labelPolicy) Describe() string { return l.s.Describe() }
+func (x xfrmChecker) Describe() string { return x.s.Describe() }
+func (a authMethod) Describe() string  { return a.s.Describe() }

@@ -282,6 +282,19 @@ func (s *Supervisor) Status() Status {
 	return st
 }
 
+// Describe says how the module runs, for obolctl status.
+func (s *Supervisor) Describe() string {
+	st := s.Status()
+	d := fmt.Sprintf("plugin %s (pid %d, restarts %d", st.Path, s.PID(), st.Restarts)
+	if !st.Running {
+		d += ", down"
+	}
+	if st.LastError != "" {
+		d += ", last error: " + st.LastError
+	}
+	return d + ")"
+}
+
 // PID is the running plugin's process id, 0 when none runs (tests kill it).
 func (s *Supervisor) PID() int {
 	s.mu.Lock()
