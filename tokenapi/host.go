@@ -157,14 +157,23 @@ func (f *hostFacts) Protection(ctx context.Context, fl Flow) (Protection, error)
 	if err != nil {
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if sa, ok := ix.Find(fl); ok {
-		return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
+	if sa, cands, ok := ix.FindLabeled(fl); ok {
+		return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer, LabelCandidates: cands}, nil
 	}
 	why, text, err := f.host.WhyNot(ctx, fl)
 	if err != nil {
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return Protection{Why: why, WhyText: text}, nil
+}
+
+// Changes implements ChangeFeed: the host's change stream, or nil when the
+// host has none.
+func (f *hostFacts) Changes(ctx context.Context) <-chan plugins.TokenChange {
+	if src, ok := f.host.(plugins.TokenChangeSource); ok {
+		return src.TokenChanges(ctx)
+	}
+	return nil
 }
 
 // Module is the built-in token API module: plugins.TokenAPI over a host

@@ -1,6 +1,9 @@
 package tokenapi
 
-import "net/netip"
+import (
+	"net/netip"
+	"slices"
+)
 
 // Index finds the CHILD_SA covering a flow without scanning every SA: SAs
 // whose remote selectors are single hosts (OE, host-to-host) are found by
@@ -59,4 +62,56 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 		return TokenSA{}, false
 	}
 	return ix.sas[best], true
+}
+
+// FindLabeled returns the SA for f when labeled SAs are in play: among the
+// SAs covering f, the newest whose label is f.Label (the socket's peer
+// security context); without a socket label, the newest, plus one SA per
+// distinct label when SAs with different labels cover f (the caller cannot
+// tell which the kernel uses, so it must not claim a label).
+func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
+	var cover []int
+	add := func(i int) {
+		sa := &ix.sas[i]
+		if coveredBy(sa.LocalTS, f.Local, f.Protocol) && coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
+			cover = append(cover, i)
+		}
+	}
+	for _, i := range ix.byRemote[f.Remote.Addr().Unmap()] {
+		add(i)
+	}
+	for _, i := range ix.wide {
+		add(i)
+	}
+	if len(cover) == 0 {
+		return TokenSA{}, nil, false
+	}
+	slices.Sort(cover) // newest first
+	if f.Label != "" {
+		for _, i := range cover {
+			if ix.sas[i].Child.Label == f.Label {
+				return ix.sas[i], nil, true
+			}
+		}
+		// No SA carries the socket's label: the newest unlabeled one, if
+		// any, is what the flow can use.
+		for _, i := range cover {
+			if ix.sas[i].Child.Label == "" {
+				return ix.sas[i], nil, true
+			}
+		}
+		return ix.sas[cover[0]], nil, true
+	}
+	var cands []Child
+	seen := map[string]bool{}
+	for _, i := range cover {
+		if l := ix.sas[i].Child.Label; !seen[l] {
+			seen[l] = true
+			cands = append(cands, ix.sas[i].Child)
+		}
+	}
+	if len(cands) < 2 {
+		cands = nil
+	}
+	return ix.sas[cover[0]], cands, true
 }
