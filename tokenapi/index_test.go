@@ -60,3 +60,41 @@ func BenchmarkIndexFind(b *testing.B) {
 		})
 	}
 }
+
+// TestIndexFindLabeled: the socket's label picks among labeled SAs; without
+// it, SAs with different labels are all reported as candidates.
+func TestIndexFindLabeled(t *testing.T) {
+	labeled := func(name, label string) TokenSA {
+		sa := hostSA(name, "192.0.2.11/32", "192.0.2.12/32")
+		sa.Child.Label = label
+		return sa
+	}
+	flow := func(label string) Flow {
+		return Flow{Local: netip.MustParseAddrPort("192.0.2.11:4000"), Remote: netip.MustParseAddrPort("192.0.2.12:22"), Protocol: 6, Label: label}
+	}
+	tests := []struct {
+		name  string
+		sas   []TokenSA
+		label string
+		want  string
+		cands int
+	}{
+		{"label picks the older SA", []TokenSA{labeled("a", "label_a"), labeled("b", "label_b")}, "label_b", "b", 0},
+		{"label picks the newer SA", []TokenSA{labeled("a", "label_a"), labeled("b", "label_b")}, "label_a", "a", 0},
+		{"no socket label, two labels", []TokenSA{labeled("a", "label_a"), labeled("b", "label_b")}, "", "a", 2},
+		{"no socket label, same label twice", []TokenSA{labeled("a", "label_a"), labeled("a2", "label_a")}, "", "a", 0},
+		{"no socket label, labeled and unlabeled", []TokenSA{labeled("a", "label_a"), labeled("u", "")}, "", "a", 2},
+		{"socket label matches nothing: the unlabeled SA", []TokenSA{labeled("a", "label_a"), labeled("u", "")}, "label_x", "u", 0},
+		{"socket label matches nothing, all labeled", []TokenSA{labeled("a", "label_a"), labeled("b", "label_b")}, "label_x", "a", 0},
+		{"unlabeled only", []TokenSA{labeled("u", "")}, "", "u", 0},
+	}
+	for _, tt := range tests {
+		sa, cands, ok := NewIndex(tt.sas).FindLabeled(flow(tt.label))
+		if !ok || sa.Child.IKEName != tt.want || len(cands) != tt.cands {
+			t.Errorf("%s: %q, %d candidates, %v; want %q, %d", tt.name, sa.Child.IKEName, len(cands), ok, tt.want, tt.cands)
+		}
+	}
+	if _, _, ok := NewIndex(nil).FindLabeled(flow("")); ok {
+		t.Error("empty index found an SA")
+	}
+}
