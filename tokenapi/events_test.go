@@ -411,4 +411,3 @@ func TestLabelUnknown(t *testing.T) {
 		}
 	}
 }
-
