@@ -272,7 +272,7 @@ func TestTokenAPILabelUnknown(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		t.Logf("%s: %s", name, pt.Audit)
-		if !pt.Protected || pt.Label != "" || pt.Why != tokenwire.ReasonLabelUnknown {
+		if !pt.Protected || pt.Label != "" || pt.Why != tokenwire.ReasonLabelUnknown || strings.Contains(pt.Audit, "label=") {
 			t.Errorf("%s: %+v, want protected, no label, WHY LABEL_UNKNOWN", name, pt)
 		}
 		for _, want := range []string{labelS0, labelS1, "SO_PEERSEC"} {

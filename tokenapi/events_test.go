@@ -402,7 +402,7 @@ func TestLabelUnknown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !pt.Protected || pt.Label != "" || pt.Why != wire.ReasonLabelUnknown || pt.Privacy || !pt.Integrity || pt.Compression {
+	if !pt.Protected || pt.Label != "" || pt.Why != wire.ReasonLabelUnknown || pt.Privacy || !pt.Integrity || pt.Compression || strings.Contains(pt.Audit, "label=") {
 		t.Errorf("pToken %+v", pt)
 	}
 	for _, s := range []string{"label_a", "label_b", "SO_PEERSEC"} {

@@ -490,7 +490,7 @@ func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) 
 		if len(p.LabelCandidates) > 1 {
 			// Several labeled SAs cover the flow and the socket's label is
 			// unknown: name no label, and claim only what all of them give.
-			st.label = ""
+			st.label, p.Child.Label = "", ""
 			for _, c := range p.LabelCandidates {
 				h := Classify(Protection{Protected: true, Child: c}, s.cfg.UntrustedCiphers)
 				st.privacy, st.integrity, st.compression = st.privacy && h.Privacy, st.integrity && h.Integrity, st.compression && h.Compression
