@@ -522,7 +522,9 @@ func TestStrictDecoding(t *testing.T) {
 		{"event-without-kind", []string{"it:7", "ev"}, func(id uint32) [][]byte {
 			return [][]byte{raw(wire.TypeEvent, 0, tlv{wire.AttrSubscription, u64(4)}), itReply(id, rid, cb)}
 		}, goodIT + "op=ev\nerr=BAD_REPLY\n"},
-		{"address-of-5-bytes", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, tlv{wire.AttrPeerAddr, []byte{1, 2, 3, 4, 5}})} }, badIT},
+		{"address-of-5-bytes", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, rid, tlv{wire.AttrPeerAddr, []byte{1, 2, 3, 4, 5}})}
+		}, badIT},
 		{"65-attributes", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, many...)} }, badIT},
 		{"unknown-critical", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, tlv{0x8100, []byte{1}})} }, badIT},
 		{"bad-magic", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[0] = 'X' })} }, badIT},
