@@ -35,9 +35,10 @@ type Events struct {
 	nextID  uint32
 	replies chan wire.Message
 
-	errMu sync.Mutex
-	err   error
-	done  chan struct{}
+	errMu   sync.Mutex
+	err     error
+	done    chan struct{}
+	closing chan struct{} // Close was called: the reader stops even if C is not read
 }
 
 // eventBuffer is how many events the client holds for a slow reader of C;
@@ -51,7 +52,8 @@ func DialEvents(ctx context.Context, path string) (*Events, error) {
 	if err != nil {
 		return nil, fmt.Errorf("token API: connect to %s: %w (is obold running with [tokenapi] enabled?)", path, err)
 	}
-	e := &Events{conn: c.(*net.UnixConn), c: make(chan Event, eventBuffer), replies: make(chan wire.Message, 1), done: make(chan struct{})}
+	e := &Events{conn: c.(*net.UnixConn), c: make(chan Event, eventBuffer), replies: make(chan wire.Message, 1),
+		done: make(chan struct{}), closing: make(chan struct{})}
 	go e.read()
 	return e, nil
 }
@@ -68,6 +70,11 @@ func (e *Events) Err() error {
 
 // Close ends the connection and every subscription on it.
 func (e *Events) Close() error {
+	select {
+	case <-e.closing:
+	default:
+		close(e.closing)
+	}
 	err := e.conn.Close()
 	<-e.done
 	return err
@@ -103,7 +110,11 @@ func (e *Events) read() {
 		if m.Type == wire.TypeEvent && m.ID == 0 {
 			sid, _ := m.U64(wire.AttrSubscription)
 			kind, _ := m.U8(wire.AttrEventKind)
-			e.c <- Event{Subscription: SubscriptionID(sid), Kind: wire.EventKind(kind), State: ptokenFields(m)}
+			select {
+			case e.c <- Event{Subscription: SubscriptionID(sid), Kind: wire.EventKind(kind), State: ptokenFields(m)}:
+			case <-e.closing:
+				return
+			}
 			continue
 		}
 		select {
