@@ -21,6 +21,19 @@ func tokenAPIConf(n *lab.Node) (sock, conf string) {
 	return sock, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", sock)
 }
 
+// swanctlHostsWeak is swanctlHosts plus a child "weak" for the pair's TCP
+// with ESP-NULL: integrity, no privacy. Its selectors are narrower than
+// "host"'s, so the responder picks it for a CHILD_SA that proposes them.
+func swanctlHostsWeak(local, remote string) string {
+	return strings.Replace(swanctlHosts(local, remote), "    children {\n", fmt.Sprintf(`    children {
+      weak {
+        local_ts = %s/32[tcp]
+        remote_ts = %s/32[tcp]
+        esp_proposals = null-sha256
+      }
+`, local, remote), 1)
+}
+
 // waitEvent returns the next event or fails after 15 s.
 func waitEvent(t *testing.T, side string, ev *client.Events) client.Event {
 	t.Helper()
@@ -47,8 +60,8 @@ func TestTokenAPIEvents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	ha, hb, dnsNode := l.Node(lab.HostA), l.Node(lab.HostB), l.Node(lab.DNS)
-	loadSwanctl(t, ha, swanctlHosts("192.0.2.11", "192.0.2.12"))
-	loadSwanctl(t, hb, swanctlHosts("192.0.2.12", "192.0.2.11"))
+	loadSwanctl(t, ha, swanctlHostsWeak("192.0.2.11", "192.0.2.12"))
+	loadSwanctl(t, hb, swanctlHostsWeak("192.0.2.12", "192.0.2.11"))
 	sockA, confA := tokenAPIConf(ha)
 	sockB, confB := tokenAPIConf(hb)
 	oa := startObold(t, ha, confA)
@@ -134,6 +147,23 @@ func TestTokenAPIEvents(t *testing.T) {
 	expect("terminate", tokenwire.EventDown, false)
 	swanctl(t, ha, "--initiate", "--child", "host")
 	expect("re-initiate", tokenwire.EventUp, true)
+	// A second CHILD_SA for the pair with ESP-NULL: the newest covers the
+	// flow, which keeps its peer but loses privacy; when it goes, privacy
+	// is back. Both are protection changes at both ends.
+	swanctl(t, ha, "--initiate", "--child", "weak")
+	for _, e := range ends {
+		got := waitEvent(t, e.name, e.ev)
+		if got.Kind != tokenwire.EventProtectionChanged || !got.State.Protected || got.State.Privacy || !got.State.Integrity || got.State.IToken != e.itoken {
+			t.Fatalf("weak child at %s: %s %+v", e.name, got.Kind, got.State)
+		}
+	}
+	swanctl(t, ha, "--terminate", "--child", "weak")
+	for _, e := range ends {
+		got := waitEvent(t, e.name, e.ev)
+		if got.Kind != tokenwire.EventProtectionChanged || !got.State.Privacy || got.State.IToken != e.itoken {
+			t.Fatalf("weak child gone at %s: %s %+v", e.name, got.Kind, got.State)
+		}
+	}
 	// Nothing else happened to the flow: no further event.
 	for _, e := range ends {
 		select {

@@ -64,11 +64,14 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 	return ix.sas[best], true
 }
 
-// FindLabeled returns the SA for f when labeled SAs are in play: among the
-// SAs covering f, the newest whose label is f.Label (the socket's peer
-// security context); without a socket label, the newest, plus one SA per
-// distinct label when SAs with different labels cover f (the caller cannot
-// tell which the kernel uses, so it must not claim a label).
+// FindLabeled returns the SA the kernel uses for f. Among the SAs covering
+// f, the most specific selectors win, as charon's policy priorities make
+// the kernel choose (narrower addresses, then a protocol, then ports); the
+// newest among equals. With labeled SAs: the best whose label is f.Label
+// (the socket's peer security context); without a socket label, the best,
+// plus one SA per distinct label when SAs with different labels cover f
+// (the caller cannot tell which the kernel uses, so it must not claim a
+// label).
 func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
 	var cover []int
 	add := func(i int) {
@@ -86,7 +89,16 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
 	if len(cover) == 0 {
 		return TokenSA{}, nil, false
 	}
-	slices.Sort(cover) // newest first
+	spec := make(map[int]int, len(cover))
+	for _, i := range cover {
+		spec[i] = specificity(ix.sas[i].LocalTS, f.Local, f.Protocol) + specificity(ix.sas[i].RemoteTS, f.Remote, f.Protocol)
+	}
+	slices.SortFunc(cover, func(a, b int) int {
+		if spec[a] != spec[b] {
+			return spec[b] - spec[a] // more specific first
+		}
+		return a - b // newest first
+	})
 	if f.Label != "" {
 		for _, i := range cover {
 			if ix.sas[i].Child.Label == f.Label {
@@ -114,4 +126,45 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
 		cands = nil
 	}
 	return ix.sas[cover[0]], cands, true
+}
+
+// specificity scores the most specific selector of list that covers ap:
+// fixed address bits first, then a protocol, then a port range, like
+// charon's policy priorities.
+func specificity(list []TS, ap netip.AddrPort, proto uint8) int {
+	best := 0
+	for _, ts := range list {
+		if !ts.Covers(ap, proto) {
+			continue
+		}
+		score := fixedBits(ts.From, ts.To) * 4
+		if ts.Proto != 0 {
+			score += 2
+		}
+		if ts.FromPort != 0 || ts.ToPort != 0xFFFF {
+			score++
+		}
+		best = max(best, score)
+	}
+	return best
+}
+
+// fixedBits counts the leading bits from and to share: the prefix length
+// of a subnet, a lower bound for a range.
+func fixedBits(from, to netip.Addr) int {
+	a, b := from.AsSlice(), to.AsSlice()
+	n := 0
+	for i := range a {
+		x := a[i] ^ b[i]
+		if x == 0 {
+			n += 8
+			continue
+		}
+		for x&0x80 == 0 {
+			n++
+			x <<= 1
+		}
+		break
+	}
+	return n
 }

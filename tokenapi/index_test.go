@@ -94,6 +94,20 @@ func TestIndexFindLabeled(t *testing.T) {
 			t.Errorf("%s: %q, %d candidates, %v; want %q, %d", tt.name, sa.Child.IKEName, len(cands), ok, tt.want, tt.cands)
 		}
 	}
+	// The most specific selectors win over the newest, as in the kernel.
+	narrow := hostSA("tcp-only", "192.0.2.11/32[tcp]", "192.0.2.12/32[tcp]")
+	subnet := hostSA("subnet", "192.0.2.0/24", "192.0.2.0/24")
+	for _, sas := range [][]TokenSA{
+		{labeled("host", ""), narrow, subnet},
+		{subnet, narrow, labeled("host", "")},
+	} {
+		if sa, _, _ := NewIndex(sas).FindLabeled(flow("")); sa.Child.IKEName != "tcp-only" {
+			t.Errorf("%v: %q, want the TCP-only SA", sas, sa.Child.IKEName)
+		}
+	}
+	if sa, _, _ := NewIndex([]TokenSA{subnet, labeled("host", "")}).FindLabeled(flow("")); sa.Child.IKEName != "host" {
+		t.Errorf("host vs subnet: %q", sa.Child.IKEName)
+	}
 	if _, _, ok := NewIndex(nil).FindLabeled(flow("")); ok {
 		t.Error("empty index found an SA")
 	}
