@@ -73,59 +73,84 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 // (the caller cannot tell which the kernel uses, so it must not claim a
 // label).
 func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
-	var cover []int
-	add := func(i int) {
+	// One pass without allocation: the query path stays as cheap as Find.
+	type pick struct{ i, spec int }
+	none := pick{i: -1}
+	best, withLabel, unlabeled := none, none, none
+	better := func(p pick, c pick) bool { return p.i < 0 || c.spec > p.spec || c.spec == p.spec && c.i < p.i }
+	first, labelsDiffer := "", false
+	n := 0
+	consider := func(i int) {
+		sa := &ix.sas[i]
+		if !coveredBy(sa.LocalTS, f.Local, f.Protocol) || !coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
+			return
+		}
+		c := pick{i: i, spec: specificity(sa.LocalTS, f.Local, f.Protocol) + specificity(sa.RemoteTS, f.Remote, f.Protocol)}
+		if better(best, c) {
+			best = c
+		}
+		l := sa.Child.Label
+		if f.Label != "" && l == f.Label && better(withLabel, c) {
+			withLabel = c
+		}
+		if l == "" && better(unlabeled, c) {
+			unlabeled = c
+		}
+		if n == 0 {
+			first = l
+		} else if l != first {
+			labelsDiffer = true
+		}
+		n++
+	}
+	for _, i := range ix.byRemote[f.Remote.Addr().Unmap()] {
+		consider(i)
+	}
+	for _, i := range ix.wide {
+		consider(i)
+	}
+	switch {
+	case best.i < 0:
+		return TokenSA{}, nil, false
+	case f.Label != "" && withLabel.i >= 0:
+		return ix.sas[withLabel.i], nil, true
+	case f.Label != "" && unlabeled.i >= 0:
+		// No SA carries the socket's label: an unlabeled one is what the
+		// flow can use.
+		return ix.sas[unlabeled.i], nil, true
+	case f.Label != "" || !labelsDiffer:
+		return ix.sas[best.i], nil, true
+	}
+	// Rare: SAs with different labels cover the flow and the socket's label
+	// is unknown. One candidate per label, the best of each first.
+	var cover []pick
+	collect := func(i int) {
 		sa := &ix.sas[i]
 		if coveredBy(sa.LocalTS, f.Local, f.Protocol) && coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
-			cover = append(cover, i)
+			cover = append(cover, pick{i: i, spec: specificity(sa.LocalTS, f.Local, f.Protocol) + specificity(sa.RemoteTS, f.Remote, f.Protocol)})
 		}
 	}
 	for _, i := range ix.byRemote[f.Remote.Addr().Unmap()] {
-		add(i)
+		collect(i)
 	}
 	for _, i := range ix.wide {
-		add(i)
+		collect(i)
 	}
-	if len(cover) == 0 {
-		return TokenSA{}, nil, false
-	}
-	spec := make(map[int]int, len(cover))
-	for _, i := range cover {
-		spec[i] = specificity(ix.sas[i].LocalTS, f.Local, f.Protocol) + specificity(ix.sas[i].RemoteTS, f.Remote, f.Protocol)
-	}
-	slices.SortFunc(cover, func(a, b int) int {
-		if spec[a] != spec[b] {
-			return spec[b] - spec[a] // more specific first
+	slices.SortFunc(cover, func(a, b pick) int {
+		if a.spec != b.spec {
+			return b.spec - a.spec
 		}
-		return a - b // newest first
+		return a.i - b.i
 	})
-	if f.Label != "" {
-		for _, i := range cover {
-			if ix.sas[i].Child.Label == f.Label {
-				return ix.sas[i], nil, true
-			}
-		}
-		// No SA carries the socket's label: the newest unlabeled one, if
-		// any, is what the flow can use.
-		for _, i := range cover {
-			if ix.sas[i].Child.Label == "" {
-				return ix.sas[i], nil, true
-			}
-		}
-		return ix.sas[cover[0]], nil, true
-	}
 	var cands []Child
 	seen := map[string]bool{}
-	for _, i := range cover {
-		if l := ix.sas[i].Child.Label; !seen[l] {
+	for _, c := range cover {
+		if l := ix.sas[c.i].Child.Label; !seen[l] {
 			seen[l] = true
-			cands = append(cands, ix.sas[i].Child)
+			cands = append(cands, ix.sas[c.i].Child)
 		}
 	}
-	if len(cands) < 2 {
-		cands = nil
-	}
-	return ix.sas[cover[0]], cands, true
+	return ix.sas[best.i], cands, true
 }
 
 // specificity scores the most specific selector of list that covers ap:
