@@ -314,3 +314,58 @@ func TestTokenAPILabelUnknown(t *testing.T) {
 	oa.stop()
 	ob.stop()
 }
+
+// TestTokenAPIRekeyFailed: a real failed rekey. hosta's child asks for
+// PFS (x25519), hostb's does not: the CHILD_SA comes up (IKE_AUTH carries no
+// key exchange), but its rekey is refused with NO_PROPOSAL_CHOSEN and charon
+// 5.9.8 logs "CHILD_SA rekeying failed, trying again in N seconds" while it
+// keeps the old SA. hosta's subscriber hears REKEY_FAILED with charon's line
+// and the flow still protected by the same peer.
+func TestTokenAPIRekeyFailed(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	loadSwanctl(t, ha, strings.Replace(swanctlHosts("192.0.2.11", "192.0.2.12"), "esp_proposals = aes256gcm16", "esp_proposals = aes256gcm16-x25519", 1))
+	loadSwanctl(t, hb, swanctlHosts("192.0.2.12", "192.0.2.11"))
+	sockA, confA := tokenAPIConf(ha)
+	oa := startObold(t, ha, confA)
+	swanctl(t, ha, "--initiate", "--child", "host")
+
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7015")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			<-ctx.Done()
+		}
+	}()
+	c, err := ha.Dial(ctx, "tcp", "192.0.2.12:7015")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ev, err := client.DialEvents(ctx, sockA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	sub, now, err := ev.Subscribe(ctx, c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !now.Protected || now.IToken == 0 {
+		t.Fatalf("subscribed flow %+v", now)
+	}
+	swanctl(t, ha, "--rekey", "--child", "host")
+	got := waitEvent(t, "hosta", ev)
+	if got.Subscription != sub || got.Kind != tokenwire.EventRekeyFailed || !got.State.Protected || got.State.IToken != now.IToken ||
+		got.State.Why != tokenwire.ReasonNegotiationFailed || !strings.Contains(got.State.WhyText, "CHILD_SA rekeying failed") {
+		t.Fatalf("after a refused rekey: %s %+v", got.Kind, got.State)
+	}
+	t.Logf("charon said: %s", got.State.WhyText)
+	oa.stop()
+}
