@@ -369,3 +369,123 @@ func TestTokenAPIRekeyFailed(t *testing.T) {
 	t.Logf("charon said: %s", got.State.WhyText)
 	oa.stop()
 }
+
+// swanctlAlt adds to swanctlHosts a second conn "alt" between the same
+// hosts under other identities (FQDNs, its own PSK) whose child covers
+// only the pair's TCP: more specific than "host", so it takes TCP flows.
+func swanctlAlt(local, remote, localID, remoteID string) string {
+	return swanctlHosts(local, remote) + fmt.Sprintf(`connections {
+  alt {
+    version = 2
+    local_addrs = %[1]s
+    remote_addrs = %[2]s
+    local {
+      auth = psk
+      id = %[3]s
+    }
+    remote {
+      auth = psk
+      id = %[4]s
+    }
+    children {
+      alt {
+        local_ts = %[1]s/32[tcp]
+        remote_ts = %[2]s/32[tcp]
+        esp_proposals = aes256gcm16
+      }
+    }
+  }
+}
+secrets {
+  ike-alt {
+    id-a = %[3]s
+    id-b = %[4]s
+    secret = "token-api-alt-secret-0123456789"
+  }
+}
+`, local, remote, localID, remoteID)
+}
+
+// TestTokenAPIIdentityChanged: while a TCP flow is protected by the "hh"
+// IKE_SA, a second IKE_SA under other identities takes it over (its
+// selectors are narrower); both ends hear IDENTITY_CHANGED with the new
+// peer's iToken, and the old peer's iToken again when it goes.
+func TestTokenAPIIdentityChanged(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	loadSwanctl(t, ha, swanctlAlt("192.0.2.11", "192.0.2.12", "hosta.lab.example", "hostb.lab.example"))
+	loadSwanctl(t, hb, swanctlAlt("192.0.2.12", "192.0.2.11", "hostb.lab.example", "hosta.lab.example"))
+	sockA, confA := tokenAPIConf(ha)
+	sockB, confB := tokenAPIConf(hb)
+	oa := startObold(t, ha, confA)
+	ob := startObold(t, hb, confB)
+	swanctl(t, ha, "--initiate", "--child", "host")
+
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7016")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	ca, err := ha.Dial(ctx, "tcp", "192.0.2.12:7016")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	var cb net.Conn
+	select {
+	case cb = <-accepted:
+		defer cb.Close()
+	case <-ctx.Done():
+		t.Fatal("hostb accepted nothing")
+	}
+	type end struct {
+		name, oldID, newID string
+		ev                 *client.Events
+		first              client.ITokenHandle
+	}
+	ends := []*end{{name: "hosta", oldID: "192.0.2.12", newID: "hostb.lab.example"}, {name: "hostb", oldID: "192.0.2.11", newID: "hosta.lab.example"}}
+	for i, sock := range []string{sockA, sockB} {
+		e := ends[i]
+		if e.ev, err = client.DialEvents(ctx, sock); err != nil {
+			t.Fatal(err)
+		}
+		defer e.ev.Close()
+		_, now, err := e.ev.Subscribe(ctx, []net.Conn{ca, cb}[i].(*net.TCPConn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.first = now.IToken
+	}
+	swanctl(t, ha, "--initiate", "--child", "alt")
+	for _, e := range ends {
+		got := waitEvent(t, e.name, e.ev)
+		if got.Kind != tokenwire.EventIdentityChanged || !got.State.Protected || got.State.IToken == e.first || got.State.IToken == 0 {
+			t.Fatalf("%s: %s %+v", e.name, got.Kind, got.State)
+		}
+		it, err := e.ev.IToken(ctx, got.State.IToken)
+		if err != nil || it.RemoteID != e.newID {
+			t.Errorf("%s: new peer %+v, %v; want %s", e.name, it, err, e.newID)
+		}
+	}
+	swanctl(t, ha, "--terminate", "--ike", "alt")
+	for _, e := range ends {
+		got := waitEvent(t, e.name, e.ev)
+		if got.Kind != tokenwire.EventIdentityChanged || got.State.IToken != e.first {
+			t.Fatalf("%s after alt went: %s %+v, want the first iToken %v", e.name, got.Kind, got.State, e.first)
+		}
+		it, err := e.ev.IToken(ctx, got.State.IToken)
+		if err != nil || it.RemoteID != e.oldID {
+			t.Errorf("%s: peer %+v, %v; want %s", e.name, it, err, e.oldID)
+		}
+	}
+	oa.stop()
+	ob.stop()
+}
