@@ -17,6 +17,8 @@
  *                 the IPsec state, and waits for its answer
  *       from:FD:ADDR:PORT[:LOCAL] ipsec_ptoken_get_from (IPv4 addresses)
  *       recv:FD   ipsec_recvfrom_ptoken
+ *       poll:MS   whether an event is ready within MS: ipsec_event_pending,
+ *                 then poll(2) on ipsec_token_fd
  */
 #include "ipsec_token.h"
 
@@ -28,6 +30,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <unistd.h>
 
 /* esc prints s with bytes outside printable ASCII and '\\' as \xNN. */
@@ -233,6 +236,16 @@ int main(int argc, char **argv)
 				last_it = ev.state.itoken;
 			}
 			ipsec_event_free(&ev);
+		} else if (strncmp(op, "poll:", 5) == 0) {
+			if (arg(op, 0, &v) < 0 || v > 60000)
+				goto usage;
+			bool ready = ipsec_event_pending(c);
+			if (!ready) {
+				struct pollfd p = { .fd = ipsec_token_fd(c), .events = POLLIN };
+				ready = poll(&p, 1, (int)v) == 1 && (p.revents & POLLIN);
+			}
+			printf("readable=%s\n", yn(ready));
+			rc = IPSEC_OK;
 		} else if (strncmp(op, "poke:", 5) == 0) {
 			if (poke(op + 5) < 0)
 				goto usage;

@@ -225,6 +225,14 @@ func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
 			case <-ctx.Done():
 				t.Fatalf("op ev: no event")
 			}
+		case strings.HasPrefix(op, "poll:"):
+			// The Go client's events wait in C; poll's answer is whether
+			// one is there within the time.
+			deadline := time.Now().Add(time.Duration(num(op, 0)) * time.Millisecond)
+			for len(events.C()) == 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			fmt.Fprintf(&w, "readable=%t\n", len(events.C()) > 0)
 		case strings.HasPrefix(op, "poke:"):
 			fmt.Fprintf(&w, "poked=%s\n", pokeTest(t, op[len("poke:"):]))
 		case strings.HasPrefix(op, "from:"):
@@ -513,12 +521,12 @@ func TestStrictDecoding(t *testing.T) {
 		{"late-reply-skipped", []string{"it:7"}, func(id uint32) [][]byte {
 			return [][]byte{itReply(id+100, tlv{wire.AttrRemoteID, []byte("old")}), itReply(id, rid, cb)}
 		}, goodIT},
-		{"event-before-reply-kept", []string{"it:7", "ev"}, func(id uint32) [][]byte {
+		{"event-before-reply-kept", []string{"it:7", "poll:0", "ev"}, func(id uint32) [][]byte {
 			if id != 1 {
 				return nil
 			}
 			return [][]byte{raw(wire.TypeEvent, 0, tlv{wire.AttrSubscription, u64(4)}, tlv{wire.AttrEventKind, []byte{2}}, tlv{wire.AttrWhyCode, u16(2)}), itReply(id, rid, cb)}
-		}, goodIT + "op=ev\nev.sub=4\nev.kind=DOWN\npt.handle=0\npt.itoken=0\npt.protected=false\npt.privacy=false\npt.integrity=false\npt.compression=false\npt.why=NO_SA\npt.why_text=\npt.audit=\npt.label=\n"},
+		}, goodIT + "op=poll:0\nreadable=true\nop=ev\nev.sub=4\nev.kind=DOWN\npt.handle=0\npt.itoken=0\npt.protected=false\npt.privacy=false\npt.integrity=false\npt.compression=false\npt.why=NO_SA\npt.why_text=\npt.audit=\npt.label=\n"},
 		{"event-without-kind", []string{"it:7", "ev"}, func(id uint32) [][]byte {
 			return [][]byte{raw(wire.TypeEvent, 0, tlv{wire.AttrSubscription, u64(4)}), itReply(id, rid, cb)}
 		}, goodIT + "op=ev\nerr=BAD_REPLY\n"},
@@ -870,8 +878,8 @@ func TestEventsAndDatagramsSameAsGoClient(t *testing.T) {
 		want  []string
 	}{
 		{"events", func() []*os.File { return []*os.File{tcpFile()} },
-			[]string{"sub:3", "it", "poke:rekey", "ev", "poke:down", "ev", "poke:up", "ev", "it", "poke:rekeyfail", "ev", "unsub", "unsub", "it"},
-			[]string{"sub=1", "ev.kind=REKEYED", "ev.kind=DOWN", "ev.kind=UP", "ev.kind=REKEY_FAILED", "pt.why=NEGOTIATION_FAILED",
+			[]string{"sub:3", "it", "poll:100", "poke:rekey", "poll:3000", "ev", "poke:down", "ev", "poke:up", "ev", "it", "poke:rekeyfail", "ev", "unsub", "unsub", "it"},
+			[]string{"sub=1", "readable=false", "readable=true", "ev.kind=REKEYED", "ev.kind=DOWN", "ev.kind=UP", "ev.kind=REKEY_FAILED", "pt.why=NEGOTIATION_FAILED",
 				"pt.why_text=CHILD_SA rekeying failed, trying again in 25 seconds", "it.auth=DNSSEC", "unsubscribed=1", "err=UNKNOWN_HANDLE"}},
 		{"subscribe-refused", func() []*os.File { return []*os.File{serverFile} }, []string{"sub:3"}, []string{"err=NOT_CONNECTED"}},
 		{"datagrams", func() []*os.File { return []*os.File{serverFile} },
