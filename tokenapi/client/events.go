@@ -58,7 +58,9 @@ func DialEvents(ctx context.Context, path string) (*Events, error) {
 	return e, nil
 }
 
-// C delivers the events of all subscriptions, in order.
+// C delivers the events of all subscriptions, in order. Read it
+// concurrently with requests on this connection: while C is full (256
+// events), replies wait behind the undelivered event too.
 func (e *Events) C() <-chan Event { return e.c }
 
 // Err is why the connection ended (nil while it is open, or after Close).
