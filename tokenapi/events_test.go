@@ -410,4 +410,65 @@ func TestLabelUnknown(t *testing.T) {
 			t.Errorf("WHY %q / AUDIT %q lack %q", pt.WhyText, pt.Audit, s)
 		}
 	}
+	if pt.IToken == 0 {
+		t.Error("one peer behind both SAs, yet no iToken")
+	}
+}
+
+// TestLabelUnknownTwoPeers: through HostFacts, labeled SAs of two different
+// peers cover a flow and the socket's label is unknown: neither label nor
+// peer is claimed.
+func TestLabelUnknownTwoPeers(t *testing.T) {
+	ln := listen(t)
+	ts := func(s string) []tokenapi.TS {
+		x, err := tokenapi.ParseTS(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []tokenapi.TS{x}
+	}
+	mk := func(label string, peer tokenapi.Peer) tokenapi.TokenSA {
+		c := gcm
+		c.Label = label
+		return tokenapi.TokenSA{Child: c, Peer: peer, LocalTS: ts("127.0.0.1/32"), RemoteTS: ts("127.0.0.1/32")}
+	}
+	for _, tc := range []struct {
+		name     string
+		sas      []tokenapi.TokenSA
+		wantPeer bool
+	}{
+		{"one peer", []tokenapi.TokenSA{mk("label_a", peerA), mk("label_b", peerA)}, true},
+		{"two peers", []tokenapi.TokenSA{mk("label_a", peerA), mk("label_b", peerB)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := &staticHost{sas: tc.sas}
+			_, sock := tokenapitest.Serve(t, tokenapi.Config{}, tokenapi.HostFacts(host))
+			cl, err := client.Dial(ctx(t), sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			pt, err := cl.PToken(ctx(t), dialTCP(t, ln))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !pt.Protected || pt.Label != "" || pt.Why != wire.ReasonLabelUnknown || (pt.IToken != 0) != tc.wantPeer {
+				t.Errorf("%+v", pt)
+			}
+			if !tc.wantPeer && !strings.Contains(pt.WhyText, "different peers") {
+				t.Errorf("WHY %q does not say the peers differ", pt.WhyText)
+			}
+		})
+	}
+}
+
+// staticHost is a plugins.TokenHost with fixed SAs.
+type staticHost struct{ sas []tokenapi.TokenSA }
+
+func (h *staticHost) TokenSAs(context.Context) (plugins.TokenSnapshot, error) {
+	return plugins.TokenSnapshot{Generation: 1, SAs: h.sas}, nil
+}
+func (h *staticHost) Generation() uint64 { return 1 }
+func (h *staticHost) WhyNot(context.Context, plugins.TokenFlow) (wire.Reason, string, error) {
+	return wire.ReasonNoPolicy, "no SA", nil
 }

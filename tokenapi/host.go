@@ -1,6 +1,7 @@
 package tokenapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -158,7 +159,14 @@ func (f *hostFacts) Protection(ctx context.Context, fl Flow) (Protection, error)
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if sa, cands, ok := ix.FindLabeled(fl); ok {
-		return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer, LabelCandidates: cands}, nil
+		p := Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}
+		for _, c := range cands {
+			p.LabelCandidates = append(p.LabelCandidates, c.Child)
+			if !bytes.Equal(identityKey(c.Peer, DeriveAuthMethod(c.Peer)), identityKey(sa.Peer, DeriveAuthMethod(sa.Peer))) {
+				p.PeerUnknown = true
+			}
+		}
+		return p, nil
 	}
 	why, text, err := f.host.WhyNot(ctx, fl)
 	if err != nil {

@@ -72,7 +72,7 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 // plus one SA per distinct label when SAs with different labels cover f
 // (the caller cannot tell which the kernel uses, so it must not claim a
 // label).
-func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
+func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 	// One pass without allocation: the query path stays as cheap as Find.
 	type pick struct{ i, spec int }
 	none := pick{i: -1}
@@ -142,12 +142,12 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []Child, bool) {
 		}
 		return a.i - b.i
 	})
-	var cands []Child
+	var cands []TokenSA
 	seen := map[string]bool{}
 	for _, c := range cover {
 		if l := ix.sas[c.i].Child.Label; !seen[l] {
 			seen[l] = true
-			cands = append(cands, ix.sas[c.i].Child)
+			cands = append(cands, ix.sas[c.i])
 		}
 	}
 	return ix.sas[best.i], cands, true

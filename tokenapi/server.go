@@ -496,6 +496,11 @@ func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) 
 				st.privacy, st.integrity, st.compression = st.privacy && h.Privacy, st.integrity && h.Integrity, st.compression && h.Compression
 			}
 			st.why, st.whyText = wire.ReasonLabelUnknown, labelUnknownText(flow, p.LabelCandidates)
+			if p.PeerUnknown {
+				// Nor can it say who the peer is.
+				st.itoken, a.entry = 0, nil
+				st.whyText += "; they belong to different peers, so no iToken is claimed either"
+			}
 		}
 	} else {
 		st.why, st.whyText = p.Why, p.WhyText
