@@ -40,6 +40,9 @@ type TokenSnapshot struct {
 type TokenFlow struct {
 	Local, Remote netip.AddrPort // IPv4-mapped addresses are unmapped
 	Protocol      uint8          // 6 TCP, 17 UDP, 132 SCTP
+	// Label is the socket's peer security context (SO_PEERSEC), "" when
+	// the socket has none or it cannot be read.
+	Label string
 }
 
 // TokenSA is one installed CHILD_SA as the token API sees it.

@@ -28,6 +28,11 @@ type Config struct {
 	MaxClients int `toml:"max_clients"`
 	// MaxPTokens bounds the live pTokens of one client connection.
 	MaxPTokens int `toml:"max_ptokens_per_client"`
+	// MaxSubscriptions bounds the event subscriptions of one connection.
+	MaxSubscriptions int `toml:"max_subscriptions_per_client"`
+	// MaxQueuedEvents bounds the events waiting for one connection's
+	// reader; a reader that lets more pile up is disconnected.
+	MaxQueuedEvents int `toml:"max_queued_events"`
 	// RequestTimeout bounds one request, the Facts lookup included.
 	RequestTimeout time.Duration `toml:"request_timeout"`
 }
@@ -39,6 +44,8 @@ const (
 	DefaultMaxClients     = 256
 	DefaultMaxPTokens     = 1024
 	DefaultRequestTimeout = 2 * time.Second
+	DefaultMaxSubs        = 64
+	DefaultMaxQueued      = 64
 )
 
 // WithDefaults fills unset fields.
@@ -54,6 +61,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxPTokens == 0 {
 		c.MaxPTokens = DefaultMaxPTokens
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = DefaultMaxSubs
+	}
+	if c.MaxQueuedEvents == 0 {
+		c.MaxQueuedEvents = DefaultMaxQueued
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
@@ -72,6 +85,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("tokenapi.mode %o: permission bits only, e.g. 0o660", c.Mode)
 	case c.MaxClients < 0 || c.MaxPTokens < 0:
 		return fmt.Errorf("tokenapi.max_clients and max_ptokens_per_client must be positive")
+	case c.MaxSubscriptions < 0 || c.MaxQueuedEvents < 0:
+		return fmt.Errorf("tokenapi.max_subscriptions_per_client and max_queued_events must be positive")
 	case c.RequestTimeout < 0:
 		return fmt.Errorf("tokenapi.request_timeout must be positive, e.g. \"2s\"")
 	}

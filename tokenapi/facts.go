@@ -48,6 +48,13 @@ type Protection struct {
 	WhyText string
 	Child   Child
 	Peer    Peer
+	// LabelCandidates, when it holds more than one CHILD_SA, says that
+	// CHILD_SAs with different security labels cover the flow and the
+	// socket's label did not pick one: Child is only the newest of them.
+	LabelCandidates []Child
+	// PeerUnknown: those CHILD_SAs belong to different peers, so the flow's
+	// peer is not known either.
+	PeerUnknown bool
 }
 
 // Child is the CHILD_SA a protected flow uses.

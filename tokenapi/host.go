@@ -1,6 +1,7 @@
 package tokenapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -157,14 +158,30 @@ func (f *hostFacts) Protection(ctx context.Context, fl Flow) (Protection, error)
 	if err != nil {
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if sa, ok := ix.Find(fl); ok {
-		return Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}, nil
+	if sa, cands, ok := ix.FindLabeled(fl); ok {
+		p := Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}
+		for _, c := range cands {
+			p.LabelCandidates = append(p.LabelCandidates, c.Child)
+			if !bytes.Equal(identityKey(c.Peer, DeriveAuthMethod(c.Peer)), identityKey(sa.Peer, DeriveAuthMethod(sa.Peer))) {
+				p.PeerUnknown = true
+			}
+		}
+		return p, nil
 	}
 	why, text, err := f.host.WhyNot(ctx, fl)
 	if err != nil {
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return Protection{Why: why, WhyText: text}, nil
+}
+
+// Changes implements ChangeFeed: the host's change stream, or nil when the
+// host has none.
+func (f *hostFacts) Changes(ctx context.Context) <-chan plugins.TokenChange {
+	if src, ok := f.host.(plugins.TokenChangeSource); ok {
+		return src.TokenChanges(ctx)
+	}
+	return nil
 }
 
 // Module is the built-in token API module: plugins.TokenAPI over a host

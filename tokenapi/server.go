@@ -11,11 +11,14 @@ import (
 	"github.com/obol-ipsec/obol/internal/peercred"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/user"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +43,11 @@ type Server struct {
 	// server lives and cannot be guessed or compared across restarts.
 	secret [32]byte
 
+	eventsOn atomic.Bool // Serve found a change feed: SUBSCRIBE works
+	// isLocal says whether an address is the host's (PTOKEN_QUERY_FROM on
+	// a wildcard socket); nil means the interfaces of obold's namespace.
+	isLocal func(netip.Addr) bool
+
 	mu      sync.Mutex
 	peers   map[uint64]*peerEntry // live iTokens, by handle
 	clients map[*clientConn]struct{}
@@ -63,6 +71,14 @@ type clientConn struct {
 	next    uint64
 	ptokens map[uint64]*pToken
 	itokens map[uint64]int // iTokens this client learned, with pToken counts
+
+	subs    map[uint64]*subscription
+	nextSub uint64
+	// wmu orders writes: replies from the request loop, events from the
+	// writer; out is the bounded event queue (a full queue drops the client).
+	wmu  sync.Mutex
+	out  chan []byte
+	gone chan struct{}
 }
 
 // NewServer checks cfg and returns a server asking facts.
@@ -135,6 +151,12 @@ func lookupGID(g string) (int, error) {
 func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	if feed, ok := s.facts.(ChangeFeed); ok {
+		if ch := feed.Changes(ctx); ch != nil {
+			s.eventsOn.Store(true)
+			go s.dispatch(ctx, ch)
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, s.cfg.MaxClients)
@@ -207,11 +229,14 @@ func (s *Server) serveClient(ctx context.Context, c *net.UnixConn) {
 		s.sendError(c, id, wire.ErrCodeDenied, "this user may not use the token API; ask the administrator to list it in tokenapi.allow_uids or allow_gids")
 		return
 	}
-	cl := &clientConn{conn: c, cred: cred, ptokens: map[uint64]*pToken{}, itokens: map[uint64]int{}}
+	cl := &clientConn{conn: c, cred: cred, ptokens: map[uint64]*pToken{}, itokens: map[uint64]int{},
+		subs: map[uint64]*subscription{}, out: make(chan []byte, s.cfg.MaxQueuedEvents), gone: make(chan struct{})}
 	s.mu.Lock()
 	s.clients[cl] = struct{}{}
 	s.mu.Unlock()
 	defer s.dropClient(cl)
+	defer close(cl.gone)
+	go s.writeEvents(cl, log)
 	log.Debug("tokenapi: client connected")
 
 	buf := make([]byte, wire.MaxMessage+1)
@@ -225,8 +250,7 @@ func (s *Server) serveClient(ctx context.Context, c *net.UnixConn) {
 			return
 		}
 		reply := s.handle(ctx, cl, buf[:n], flags, fds)
-		c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := c.Write(reply); err != nil {
+		if err := cl.write(reply); err != nil {
 			log.Debug("tokenapi: reply not delivered, dropping client", "err", err)
 			return
 		}
@@ -260,6 +284,10 @@ func (s *Server) dropClient(cl *clientConn) {
 	for h := range cl.ptokens {
 		s.releaseLocked(cl, h)
 	}
+	for id, sub := range cl.subs {
+		s.dropPeerLocked(cl, sub.last.itoken)
+		delete(cl.subs, id)
+	}
 	delete(s.clients, cl)
 }
 
@@ -269,16 +297,7 @@ func (s *Server) releaseLocked(cl *clientConn, h uint64) bool {
 		return false
 	}
 	delete(cl.ptokens, h)
-	if pt.itoken != 0 {
-		if cl.itokens[pt.itoken]--; cl.itokens[pt.itoken] <= 0 {
-			delete(cl.itokens, pt.itoken)
-		}
-		if e := s.peers[pt.itoken]; e != nil {
-			if e.refs--; e.refs <= 0 {
-				delete(s.peers, pt.itoken)
-			}
-		}
-	}
+	s.dropPeerLocked(cl, pt.itoken)
 	return true
 }
 
@@ -321,17 +340,28 @@ func (s *Server) handle(ctx context.Context, cl *clientConn, msg []byte, flags i
 	if flags&unix.MSG_CTRUNC != 0 || len(fds) > 1 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, "pass exactly one descriptor with PTOKEN_QUERY")
 	}
-	if m.Type != wire.TypePTokenQuery && len(fds) > 0 {
+	takesFD := m.Type == wire.TypePTokenQuery || m.Type == wire.TypeSubscribe || m.Type == wire.TypePTokenQueryFrom
+	if !takesFD && len(fds) > 0 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, m.Type.String()+" takes no descriptor")
+	}
+	if takesFD && len(fds) == 0 {
+		return s.errorReply(h.ID, wire.ErrCodeNoFD, m.Type.String()+" needs the socket itself in SCM_RIGHTS; a descriptor number is not enough")
 	}
 	switch m.Type {
 	case wire.TypePTokenQuery:
-		if len(fds) == 0 {
-			return s.errorReply(h.ID, wire.ErrCodeNoFD, "PTOKEN_QUERY needs the socket itself in SCM_RIGHTS; a descriptor number is not enough")
-		}
 		fd := fds[0]
 		fds = nil // query closes it as soon as it is inspected
 		return s.query(ctx, cl, h.ID, fd)
+	case wire.TypePTokenQueryFrom:
+		fd := fds[0]
+		fds = nil
+		return s.queryFrom(ctx, cl, h.ID, m, fd)
+	case wire.TypeSubscribe:
+		fd := fds[0]
+		fds = nil
+		return s.subscribe(ctx, cl, h.ID, fd)
+	case wire.TypeUnsubscribe:
+		return s.unsubscribe(cl, h.ID, m)
 	case wire.TypePTokenGet, wire.TypePTokenRelease:
 		hd, ok := m.U64(wire.AttrPToken)
 		if !ok {
@@ -387,54 +417,124 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 	flow, err := InspectFD(fd)
 	unix.Close(fd) // never kept past inspection
 	if err != nil {
-		var re *reqError
-		if errors.As(err, &re) {
-			return s.errorReply(id, re.code, re.text)
-		}
-		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+		return s.refusal(id, err)
 	}
-	s.mu.Lock()
-	full := len(cl.ptokens) >= s.cfg.MaxPTokens
-	s.mu.Unlock()
-	if full {
-		return s.errorReply(id, wire.ErrCodeLimit, fmt.Sprintf("this connection holds %d pTokens; release some (PTOKEN_RELEASE)", s.cfg.MaxPTokens))
+	return s.queryFlow(ctx, cl, id, flow)
+}
+
+// refusal turns an inspection error into its ERROR reply.
+func (s *Server) refusal(id uint32, err error) []byte {
+	var re *reqError
+	if errors.As(err, &re) {
+		return s.errorReply(id, re.code, re.text)
 	}
+	return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+}
+
+// assessment is what the server tells about one flow: the attributes of a
+// pToken (without its handle) and the peer behind its iToken.
+type assessment struct {
+	state flowState
+	entry *peerEntry // nil when no peer
+}
+
+// flowState is what an event compares: a change of any field is news.
+type flowState struct {
+	protected, privacy, integrity, compression bool
+	itoken                                     uint64
+	label                                      string
+	ike, child                                 string // the covering CHILD_SA's conn and config
+	why                                        wire.Reason
+	whyText, audit                             string
+}
+
+// attrs adds the pToken attributes of st (all but PTOKEN) to b.
+func (st flowState) attrs(b *wire.Builder) *wire.Builder {
+	b.U64(wire.AttrIToken, st.itoken).
+		Bool(wire.AttrProtected, st.protected).
+		Bool(wire.AttrPrivacy, st.privacy).
+		Bool(wire.AttrIntegrity, st.integrity).
+		Bool(wire.AttrCompression, st.compression).
+		String(wire.AttrAudit, st.audit).
+		String(wire.AttrLabel, st.label)
+	if st.why != wire.ReasonNone {
+		b.U16(wire.AttrWhyCode, uint16(st.why)).String(wire.AttrWhyText, st.whyText)
+	}
+	return b
+}
+
+// assess looks flow up; the error is an ERROR reply's code and text.
+func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) {
 	fctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	p, err := s.facts.Protection(fctx, flow)
 	if err != nil {
 		s.log.Warn("tokenapi: no facts for flow", "flow", flow, "err", err)
 		if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
-			return s.errorReply(id, wire.ErrCodeUnavailable, "IPsec state is unavailable right now; retry shortly")
+			return assessment{}, refuse(wire.ErrCodeUnavailable, "IPsec state is unavailable right now; retry shortly")
 		}
-		return s.errorReply(id, wire.ErrCodeInternal, "looking up the flow failed; see obold's log")
+		return assessment{}, refuse(wire.ErrCodeInternal, "looking up the flow failed; see obold's log")
 	}
 	if !p.Protected && p.Why == wire.ReasonNone {
 		p.Why = wire.ReasonUnknown
 	}
 	how := Classify(p, s.cfg.UntrustedCiphers)
-
-	var itoken uint64
-	var entry *peerEntry
+	st := flowState{protected: p.Protected, privacy: how.Privacy, integrity: how.Integrity, compression: how.Compression}
+	var a assessment
 	if p.Protected {
 		auth := DeriveAuthMethod(p.Peer)
-		itoken = s.itokenHandle(identityKey(p.Peer, auth))
-		entry = &peerEntry{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)}
-	}
-	body := wire.NewBuilder(wire.TypePTokenReply, id).
-		U64(wire.AttrPToken, 0). // placeholder, set below
-		U64(wire.AttrIToken, itoken).
-		Bool(wire.AttrProtected, p.Protected).
-		Bool(wire.AttrPrivacy, how.Privacy).
-		Bool(wire.AttrIntegrity, how.Integrity).
-		Bool(wire.AttrCompression, how.Compression).
-		String(wire.AttrAudit, auditPToken(flow, p, how))
-	if p.Protected {
-		body.String(wire.AttrLabel, p.Child.Label)
+		st.itoken = s.itokenHandle(identityKey(p.Peer, auth))
+		st.label = p.Child.Label
+		st.ike, st.child = p.Child.IKEName, p.Child.Name
+		a.entry = &peerEntry{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)}
+		if len(p.LabelCandidates) > 1 {
+			// Several labeled SAs cover the flow and the socket's label is
+			// unknown: name no label, and claim only what all of them give.
+			st.label, p.Child.Label = "", ""
+			for _, c := range p.LabelCandidates {
+				h := Classify(Protection{Protected: true, Child: c}, s.cfg.UntrustedCiphers)
+				st.privacy, st.integrity, st.compression = st.privacy && h.Privacy, st.integrity && h.Integrity, st.compression && h.Compression
+			}
+			st.why, st.whyText = wire.ReasonLabelUnknown, labelUnknownText(flow, p.LabelCandidates)
+			if p.PeerUnknown {
+				// Nor can it say who the peer is.
+				st.itoken, a.entry = 0, nil
+				st.whyText += "; they belong to different peers, so no iToken is claimed either"
+			}
+		}
 	} else {
-		body.U16(wire.AttrWhyCode, uint16(p.Why)).String(wire.AttrWhyText, p.WhyText)
+		st.why, st.whyText = p.Why, p.WhyText
 	}
-	msg, err := body.Bytes()
+	st.audit = auditPToken(flow, p, HowFacts{Privacy: st.privacy, Integrity: st.integrity, Compression: st.compression})
+	if st.why == wire.ReasonLabelUnknown {
+		st.audit += "; " + st.whyText
+	}
+	a.state = st
+	return a, nil
+}
+
+func labelUnknownText(flow Flow, cands []Child) string {
+	labels := make([]string, 0, len(cands))
+	for _, c := range cands {
+		labels = append(labels, strconv.Quote(c.Label))
+	}
+	return fmt.Sprintf("%d labeled CHILD_SAs (labels %s) cover this flow and the socket's peer security context (SO_PEERSEC) is unknown, so no label is claimed",
+		len(cands), strings.Join(labels, ", "))
+}
+
+func (s *Server) queryFlow(ctx context.Context, cl *clientConn, id uint32, flow Flow) []byte {
+	s.mu.Lock()
+	full := len(cl.ptokens) >= s.cfg.MaxPTokens
+	s.mu.Unlock()
+	if full {
+		return s.errorReply(id, wire.ErrCodeLimit, fmt.Sprintf("this connection holds %d pTokens; release some (PTOKEN_RELEASE)", s.cfg.MaxPTokens))
+	}
+	a, rerr := s.assess(ctx, flow)
+	if rerr != nil {
+		return s.errorReply(id, rerr.code, rerr.text)
+	}
+	msg, err := a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)). // placeholder, set below
+													Bytes()
 	if err != nil {
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
 	}
@@ -447,18 +547,40 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 	cl.next++
 	h := cl.next
 	binary.BigEndian.PutUint64(msg[wire.HeaderLen+4:wire.HeaderLen+12], h)
-	cl.ptokens[h] = &pToken{reply: slices.Clone(msg[wire.HeaderLen:]), itoken: itoken}
-	if itoken != 0 {
-		if e := s.peers[itoken]; e != nil {
-			e.peer, e.auth, e.audit = entry.peer, entry.auth, entry.audit // the latest facts win
-			e.refs++
-		} else {
-			entry.refs = 1
-			s.peers[itoken] = entry
-		}
-		cl.itokens[itoken]++
-	}
+	cl.ptokens[h] = &pToken{reply: slices.Clone(msg[wire.HeaderLen:]), itoken: a.state.itoken}
+	s.holdPeerLocked(cl, a.state.itoken, a.entry)
 	return msg
+}
+
+// holdPeerLocked counts one more reference of cl to iToken it (a pToken or
+// a subscription), so ITOKEN_GET answers for it.
+func (s *Server) holdPeerLocked(cl *clientConn, it uint64, entry *peerEntry) {
+	if it == 0 || entry == nil {
+		return
+	}
+	if e := s.peers[it]; e != nil {
+		e.peer, e.auth, e.audit = entry.peer, entry.auth, entry.audit // the latest facts win
+		e.refs++
+	} else {
+		entry.refs = 1
+		s.peers[it] = entry
+	}
+	cl.itokens[it]++
+}
+
+// dropPeerLocked undoes one holdPeerLocked.
+func (s *Server) dropPeerLocked(cl *clientConn, it uint64) {
+	if it == 0 {
+		return
+	}
+	if cl.itokens[it]--; cl.itokens[it] <= 0 {
+		delete(cl.itokens, it)
+	}
+	if e := s.peers[it]; e != nil {
+		if e.refs--; e.refs <= 0 {
+			delete(s.peers, it)
+		}
+	}
 }
 
 // itokenHandle maps an identity key into the server's handle space:

@@ -2,6 +2,8 @@ package tokenapi
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +41,9 @@ func FuzzHandle(f *testing.F) {
 		mustBytes(wire.NewBuilder(wire.TypePTokenGet, 2).U64(wire.AttrPToken, 1)),
 		mustBytes(wire.NewBuilder(wire.TypePTokenRelease, 3).U64(wire.AttrPToken, 1)),
 		mustBytes(wire.NewBuilder(wire.TypeITokenGet, 4).U64(wire.AttrIToken, 1)),
+		mustBytes(wire.NewBuilder(wire.TypeSubscribe, 5)),
+		mustBytes(wire.NewBuilder(wire.TypeUnsubscribe, 6).U64(wire.AttrSubscription, 1)),
+		mustBytes(wire.NewBuilder(wire.TypePTokenQueryFrom, 7).Addr(wire.AttrPeerAddr, netip.MustParseAddr("192.0.2.1")).U16(wire.AttrPeerPort, 53)),
 	} {
 		f.Add(seed, 0)
 	}
@@ -49,14 +54,60 @@ func FuzzHandle(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, req []byte, flags int) {
-		cl := &clientConn{ptokens: map[uint64]*pToken{1: {reply: nil, itoken: 0}}, itokens: map[uint64]int{}}
+		cl := &clientConn{ptokens: map[uint64]*pToken{1: {reply: nil, itoken: 0}}, itokens: map[uint64]int{},
+			subs: map[uint64]*subscription{1: {id: 1}}}
 		out := s.handle(context.Background(), cl, req, flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC), nil)
 		m, err := wire.Decode(out)
 		if err != nil {
 			t.Fatalf("reply does not decode: %v", err)
 		}
-		if m.Type != wire.TypeError && m.Type != wire.TypeOK && m.Type != wire.TypePTokenReply {
+		if m.Type != wire.TypeError && m.Type != wire.TypeOK && m.Type != wire.TypePTokenReply && m.Type != wire.TypeSubscribed {
 			t.Fatalf("unexpected reply %s", m.Type)
+		}
+	})
+}
+
+// FuzzQueryFrom feeds arbitrary PTOKEN_QUERY_FROM bodies with a real UDP
+// socket: the answer always decodes, and a pToken is only made for a flow
+// whose local end is the socket's.
+func FuzzQueryFrom(f *testing.F) {
+	f.Add(mustBytes(wire.NewBuilder(wire.TypePTokenQueryFrom, 1).Addr(wire.AttrPeerAddr, netip.MustParseAddr("127.0.0.1")).U16(wire.AttrPeerPort, 53)))
+	f.Add(mustBytes(wire.NewBuilder(wire.TypePTokenQueryFrom, 2).Addr(wire.AttrPeerAddr, netip.MustParseAddr("::1")).U16(wire.AttrPeerPort, 1).Addr(wire.AttrLocalAddr, netip.MustParseAddr("127.0.0.1"))))
+	f.Add(mustBytes(wire.NewBuilder(wire.TypePTokenQueryFrom, 3).Addr(wire.AttrLocalAddr, netip.MustParseAddr("192.0.2.1"))))
+	var asked []Flow
+	s, err := NewServer(Config{Socket: "/nonexistent/t.sock"}, FactsFunc(func(_ context.Context, fl Flow) (Protection, error) {
+		asked = append(asked, fl)
+		return Protection{Why: wire.ReasonNoPolicy}, nil
+	}), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer u.Close()
+	bound := u.LocalAddr().(*net.UDPAddr).AddrPort()
+	file, err := u.File()
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer file.Close()
+	f.Fuzz(func(t *testing.T, req []byte) {
+		fd, err := unix.Dup(int(file.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		asked = nil
+		cl := &clientConn{ptokens: map[uint64]*pToken{}, itokens: map[uint64]int{}, subs: map[uint64]*subscription{}}
+		out := s.handle(context.Background(), cl, req, 0, []int{fd})
+		if _, err := wire.Decode(out); err != nil {
+			t.Fatalf("reply does not decode: %v", err)
+		}
+		for _, fl := range asked {
+			if fl.Local != bound || fl.Protocol != unix.IPPROTO_UDP {
+				t.Fatalf("looked up %+v for a socket bound to %v", fl, bound)
+			}
 		}
 	})
 }

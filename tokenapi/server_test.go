@@ -454,6 +454,8 @@ func TestConfigValidate(t *testing.T) {
 		{Socket: "/" + string(bytes.Repeat([]byte("x"), 120))},
 		{Socket: "/run/x", Mode: 0o1777},
 		{Socket: "/run/x", UntrustedCiphers: []string{""}},
+		{Socket: "/run/x", MaxSubscriptions: -1},
+		{Socket: "/run/x", MaxQueuedEvents: -1},
 	} {
 		if _, err := tokenapi.NewServer(cfg, tokenapitest.NewPortFacts(), nil); err == nil {
 			t.Errorf("%+v accepted", cfg)

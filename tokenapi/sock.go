@@ -3,7 +3,9 @@ package tokenapi
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -71,7 +73,7 @@ func InspectFD(fd int) (Flow, error) {
 	}
 	rs, err := unix.Getpeername(fd)
 	if errors.Is(err, unix.ENOTCONN) {
-		return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket has no peer; connect() it first (per-datagram tokens for unconnected sockets are not supported yet)")
+		return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket has no peer; connect() it first (for an unconnected UDP socket, ask per datagram with PTOKEN_QUERY_FROM)")
 	}
 	if err != nil {
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "getpeername: %v", err)
@@ -81,7 +83,90 @@ func InspectFD(fd int) (Flow, error) {
 	if !ok1 || !ok2 {
 		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket's addresses are not IPv4/IPv6")
 	}
-	return Flow{Local: local, Remote: remote, Protocol: uint8(proto)}, nil
+	f := Flow{Local: local, Remote: remote, Protocol: uint8(proto)}
+	if proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_SCTP {
+		f.Label = peerLabel(fd)
+	}
+	return f, nil
+}
+
+// peerLabel is the socket's peer security context (SO_PEERSEC), "" when it
+// has none. Without an active LSM (as on the project's lab kernel) the
+// call fails with ENOPROTOOPT and the label is simply unknown.
+func peerLabel(fd int) string {
+	l, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_PEERSEC)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimRight(l, "\x00")
+}
+
+// InspectDatagramFD reads the flow of one datagram an unconnected (or
+// connected) UDP socket received: the socket's local port, the datagram's
+// destination address local (needed when the socket is bound to the
+// wildcard address; it must then be an address of this host, else the
+// socket's own), and its sender peer. isLocal says whether an address
+// belongs to this host.
+func InspectDatagramFD(fd int, peer netip.AddrPort, local netip.Addr, isLocal func(netip.Addr) bool) (Flow, error) {
+	if !peer.IsValid() || peer.Addr().IsUnspecified() {
+		return Flow{}, refuse(wire.ErrCodeBadMessage, "PTOKEN_QUERY_FROM needs the datagram's sender: PEER_ADDR and PEER_PORT")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor is not a socket; pass the UDP socket the datagram arrived on")
+	}
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil || (domain != unix.AF_INET && domain != unix.AF_INET6) {
+		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket is not an IPv4/IPv6 socket")
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_DGRAM {
+		return Flow{}, refuse(wire.ErrCodeUnsupportedProto, "PTOKEN_QUERY_FROM is for UDP sockets; use PTOKEN_QUERY for connected TCP/SCTP sockets")
+	}
+	if proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || (proto != 0 && proto != unix.IPPROTO_UDP) {
+		return Flow{}, refuse(wire.ErrCodeUnsupportedProto, "PTOKEN_QUERY_FROM is for UDP sockets (protocol %d)", proto)
+	}
+	ls, err := unix.Getsockname(fd)
+	if err != nil {
+		return Flow{}, refuse(wire.ErrCodeNotSocket, "getsockname: %v", err)
+	}
+	bound, ok := sockaddrAP(ls)
+	if !ok || bound.Port() == 0 {
+		return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket is not bound; bind it and pass a datagram it received")
+	}
+	if rs, err := unix.Getpeername(fd); err == nil {
+		if connected, ok := sockaddrAP(rs); ok && connected != unmapAP(peer) {
+			return Flow{}, refuse(wire.ErrCodeAddressMismatch, "the socket is connected to %s, not to the datagram's sender %s", connected, peer)
+		}
+	}
+	local = local.Unmap()
+	switch {
+	case !bound.Addr().IsUnspecified():
+		if local.IsValid() && local != bound.Addr() {
+			return Flow{}, refuse(wire.ErrCodeAddressMismatch, "LOCAL_ADDR %s is not the socket's address %s", local, bound.Addr())
+		}
+		local = bound.Addr()
+	case !local.IsValid():
+		return Flow{}, refuse(wire.ErrCodeAddressMismatch, "the socket is bound to the wildcard address: pass the datagram's destination (IP_PKTINFO / IPV6_RECVPKTINFO) as LOCAL_ADDR")
+	case !isLocal(local):
+		return Flow{}, refuse(wire.ErrCodeAddressMismatch, "LOCAL_ADDR %s is not an address of this host", local)
+	}
+	return Flow{Local: netip.AddrPortFrom(local, bound.Port()), Remote: unmapAP(peer), Protocol: unix.IPPROTO_UDP}, nil
+}
+
+// hostAddress says whether a is configured on an interface of obold's
+// network namespace.
+func hostAddress(a netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil && p.Addr().Unmap() == a {
+			return true
+		}
+	}
+	return false
 }
 
 func sockaddrAP(sa unix.Sockaddr) (netip.AddrPort, bool) {

@@ -31,6 +31,8 @@ type tokenHost struct {
 	cache   plugins.TokenSnapshot
 	built   bool                // cache holds a snapshot (of generation cache.Generation)
 	classes map[string][]string // remote auth classes by conn (list-conns)
+
+	changes changeHub // SA changes for the token API module's events
 }
 
 func newTokenHost(d *Daemon) *tokenHost {
@@ -80,6 +82,10 @@ func (h *tokenHost) observe(ev vici.Event) {
 		delete(h.auth, ev.SA.UniqueID)
 	case ev.Kind == vici.EventConnected:
 		h.auth = map[uint32]*tokenapi.AuthLog{} // a new charon: old ids mean nothing
+	}
+	if c, ok := tokenChange(ev); ok {
+		// After invalidate: a watcher that asks TokenSAs sees the change.
+		h.changes.publish(c)
 	}
 }
 

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 /* Wire constants (tokenapi/wire/wire.go). */
@@ -33,6 +34,12 @@ enum {
 	T_PTOKEN_REPLY = 0x81,
 	T_OK = 0x83,
 	T_ITOKEN_REPLY = 0x84,
+	/* events and datagrams */
+	T_SUBSCRIBE = 0x06,
+	T_UNSUBSCRIBE = 0x07,
+	T_PTOKEN_QUERY_FROM = 0x08,
+	T_SUBSCRIBED = 0x86,
+	T_EVENT = 0x87,
 	T_ERROR = 0xFF
 };
 
@@ -43,11 +50,14 @@ enum {
 	A_PUBKEY_ID = 13, A_CHANNEL_BINDING = 14, A_LABEL = 15,
 	A_REMOTE_ID = 16, A_ERROR_CODE = 17, A_ERROR_TEXT = 18,
 	A_MAX_VERSION = 19,
-	A_KNOWN_MAX = 19,
+	/* events and datagrams */
+	A_SUBSCRIPTION = 30, A_EVENT_KIND = 31, A_PEER_ADDR = 32, A_PEER_PORT = 33,
+	A_LOCAL_ADDR = 34,
+	A_KNOWN_MAX = 34,
 	A_CRITICAL = 0x8000
 };
 
-enum kind { K_NONE, K_U8, K_BOOL, K_U16, K_U64, K_STRING, K_BLOB };
+enum kind { K_NONE, K_U8, K_BOOL, K_U16, K_U64, K_STRING, K_BLOB, K_ADDR };
 
 static const unsigned char attr_kind[A_KNOWN_MAX + 1] = {
 	[A_PTOKEN] = K_U64, [A_ITOKEN] = K_U64,
@@ -58,6 +68,18 @@ static const unsigned char attr_kind[A_KNOWN_MAX + 1] = {
 	[A_CHANNEL_BINDING] = K_BLOB, [A_LABEL] = K_STRING,
 	[A_REMOTE_ID] = K_STRING, [A_ERROR_CODE] = K_U16,
 	[A_ERROR_TEXT] = K_STRING, [A_MAX_VERSION] = K_U8,
+	[A_SUBSCRIPTION] = K_U64, [A_EVENT_KIND] = K_U8, [A_PEER_ADDR] = K_ADDR,
+	[A_PEER_PORT] = K_U16, [A_LOCAL_ADDR] = K_ADDR,
+};
+
+/* Events that arrive while a request waits for its reply are kept, in
+ * order, up to this many; beyond, the request fails with IPSEC_E_OVERFLOW. */
+#define MAX_QUEUED_EVENTS 1024u
+
+struct queued_event {
+	struct queued_event *next;
+	size_t len;
+	unsigned char data[];
 };
 
 #define ERRTEXT_MAX (MAX_STRING + 128u)
@@ -68,6 +90,8 @@ struct ipsec_conn {
 	int last_code;
 	int last_errno;
 	char errtext[ERRTEXT_MAX];
+	struct queued_event *evq_head, *evq_tail;
+	size_t evq_len;
 	unsigned char buf[MAX_MESSAGE + 1]; /* +1 detects an oversized datagram */
 };
 
@@ -216,6 +240,11 @@ void ipsec_token_close(ipsec_conn *conn)
 	int err = errno;
 	if (conn->fd >= 0)
 		close(conn->fd);
+	while (conn->evq_head != NULL) {
+		struct queued_event *q = conn->evq_head;
+		conn->evq_head = q->next;
+		free(q);
+	}
 	free(conn);
 	errno = err;
 }
@@ -337,6 +366,11 @@ static int decode(ipsec_conn *c, size_t n, struct reply *r)
 			if (!utf8_valid(v, len))
 				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: string is not UTF-8", base);
 			break;
+		case K_ADDR:
+			if (len != 4 && len != 16)
+				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: address of %zu bytes",
+					    base, len);
+			break;
 		case K_BLOB:
 			if (len > MAX_BLOB)
 				return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: attribute %u: %zu bytes", base, len);
@@ -367,14 +401,77 @@ static bool a_bool(const struct reply *r, int t) { return r->a[t].present && r->
 
 /* ---- round trip ---- */
 
-/* roundtrip sends one request with up to 2 attributes' worth of body (one u64)
- * and, when fd >= 0, the descriptor in SCM_RIGHTS; it reads the reply to it,
- * skipping late replies to earlier abandoned requests, and checks its type. */
-static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, int fd,
-		     uint8_t want, struct reply *r)
+/* recv_one reads one datagram into c->buf and decodes it into r. */
+static int recv_one(ipsec_conn *c, struct reply *r, size_t *len)
 {
-	unsigned char req[HEADER_LEN + 12];
-	size_t len = HEADER_LEN;
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} rcm;
+	struct iovec riov = { .iov_base = c->buf, .iov_len = sizeof c->buf };
+	struct msghdr rh;
+	memset(&rh, 0, sizeof rh);
+	rh.msg_iov = &riov;
+	rh.msg_iovlen = 1;
+	rh.msg_control = rcm.buf;
+	rh.msg_controllen = sizeof rcm.buf;
+	ssize_t n;
+	do {
+		n = recvmsg(c->fd, &rh, MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return sys_fail(c, "read reply");
+	/* obold never sends descriptors; close any so none leak. */
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&rh); h != NULL; h = CMSG_NXTHDR(&rh, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS || h->cmsg_len < CMSG_LEN(0))
+			continue;
+		size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < nfd; i++) {
+			int rfd;
+			memcpy(&rfd, CMSG_DATA(h) + i * sizeof(int), sizeof rfd);
+			close(rfd);
+		}
+	}
+	if (n == 0)
+		return fail(c, IPSEC_E_CLOSED, 0, "token API: obold closed the connection");
+	if (rh.msg_flags & MSG_TRUNC)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: longer than %u bytes", MAX_MESSAGE);
+	*len = (size_t)n;
+	return decode(c, (size_t)n, r);
+}
+
+/* queue_event keeps the event in c->buf[0:n] for ipsec_event_next. */
+static int queue_event(ipsec_conn *c, size_t n)
+{
+	if (c->evq_len >= MAX_QUEUED_EVENTS)
+		return fail(c, IPSEC_E_OVERFLOW, 0, "token API: more than %u events arrived unread during a request; read them with ipsec_event_next",
+			    MAX_QUEUED_EVENTS);
+	struct queued_event *q = malloc(sizeof *q + n);
+	if (q == NULL)
+		return fail(c, IPSEC_E_SYSTEM, ENOMEM, "token API: out of memory");
+	q->next = NULL;
+	q->len = n;
+	memcpy(q->data, c->buf, n);
+	if (c->evq_tail != NULL)
+		c->evq_tail->next = q;
+	else
+		c->evq_head = q;
+	c->evq_tail = q;
+	c->evq_len++;
+	return IPSEC_OK;
+}
+
+/* roundtrip sends one request with body (bodylen bytes of attributes) and,
+ * when fd >= 0, the descriptor in SCM_RIGHTS; it reads the reply to it,
+ * skipping late replies to earlier abandoned requests and queueing events,
+ * and checks its type. */
+static int roundtrip_body(ipsec_conn *c, uint8_t type, const unsigned char *body, size_t bodylen, int fd,
+			  uint8_t want, struct reply *r)
+{
+	unsigned char req[HEADER_LEN + 64];
+	if (bodylen > sizeof req - HEADER_LEN)
+		return fail(c, IPSEC_E_INVALID, EINVAL, "token API: request too large");
+	size_t len = HEADER_LEN + bodylen;
 	c->next_id++;
 	if (c->next_id == 0) /* 0 means "not an answer"; never use it */
 		c->next_id = 1;
@@ -384,13 +481,9 @@ static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, i
 	req[5] = type;
 	put16(req + 6, 0);
 	put32(req + 8, id);
-	if (attr != 0) {
-		put16(req + len, attr);
-		put16(req + len + 2, 8);
-		put64(req + len + 4, val);
-		len += 12;
-	}
-	put32(req + 12, (uint32_t)(len - HEADER_LEN));
+	put32(req + 12, (uint32_t)bodylen);
+	if (bodylen > 0)
+		memcpy(req + HEADER_LEN, body, bodylen);
 
 	struct iovec iov = { .iov_base = req, .iov_len = len };
 	struct msghdr mh;
@@ -421,41 +514,15 @@ static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, i
 		return fail(c, IPSEC_E_SYSTEM, EMSGSIZE, "token API: short send");
 
 	for (;;) {
-		union {
-			char buf[CMSG_SPACE(4 * sizeof(int))];
-			struct cmsghdr align;
-		} rcm;
-		struct iovec riov = { .iov_base = c->buf, .iov_len = sizeof c->buf };
-		struct msghdr rh;
-		memset(&rh, 0, sizeof rh);
-		rh.msg_iov = &riov;
-		rh.msg_iovlen = 1;
-		rh.msg_control = rcm.buf;
-		rh.msg_controllen = sizeof rcm.buf;
-		ssize_t n;
-		do {
-			n = recvmsg(c->fd, &rh, MSG_CMSG_CLOEXEC);
-		} while (n < 0 && errno == EINTR);
-		if (n < 0)
-			return sys_fail(c, "read reply");
-		/* obold never sends descriptors; close any so none leak. */
-		for (struct cmsghdr *h = CMSG_FIRSTHDR(&rh); h != NULL; h = CMSG_NXTHDR(&rh, h)) {
-			if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS || h->cmsg_len < CMSG_LEN(0))
-				continue;
-			size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			for (size_t i = 0; i < nfd; i++) {
-				int rfd;
-				memcpy(&rfd, CMSG_DATA(h) + i * sizeof(int), sizeof rfd);
-				close(rfd);
-			}
-		}
-		if (n == 0)
-			return fail(c, IPSEC_E_CLOSED, 0, "token API: obold closed the connection");
-		if (rh.msg_flags & MSG_TRUNC)
-			return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: longer than %u bytes", MAX_MESSAGE);
-		int rc = decode(c, (size_t)n, r);
+		size_t n;
+		int rc = recv_one(c, r, &n);
 		if (rc != IPSEC_OK)
 			return rc;
+		if (r->type == T_EVENT && r->id == 0) {
+			if ((rc = queue_event(c, n)) != IPSEC_OK)
+				return rc;
+			continue;
+		}
 		if (r->id != id && r->id != 0)
 			continue; /* a late reply to an abandoned request */
 		if (r->type == T_ERROR) {
@@ -473,6 +540,21 @@ static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, i
 				    (unsigned)r->type, (unsigned)want);
 		return IPSEC_OK;
 	}
+}
+
+/* roundtrip is roundtrip_body with at most one u64 attribute. */
+static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, int fd,
+		     uint8_t want, struct reply *r)
+{
+	unsigned char body[12] = { 0 };
+	size_t len = 0;
+	if (attr != 0) {
+		put16(body, attr);
+		put16(body + 2, 8);
+		put64(body + 4, val);
+		len = 12;
+	}
+	return roundtrip_body(c, type, body, len, fd, want, r);
 }
 
 /* ---- storage of strings ---- */
@@ -496,13 +578,10 @@ static const char *put_str(struct store *s, const struct reply *r, int t)
 	return p;
 }
 
-static int decode_ptoken(ipsec_conn *c, const struct reply *r, ipsec_ptoken_handle want, ipsec_ptoken *out)
+/* fill_ptoken copies the pToken attributes of r (PTOKEN_REPLY, SUBSCRIBED,
+ * EVENT) into out. */
+static int fill_ptoken(ipsec_conn *c, const struct reply *r, ipsec_ptoken *out)
 {
-	if (!r->a[A_PTOKEN].present || a_u64(r, A_PTOKEN) == 0)
-		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: PTOKEN_REPLY without a pToken handle");
-	if (want != 0 && a_u64(r, A_PTOKEN) != want)
-		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: pToken %llu, asked for %llu",
-			    (unsigned long long)a_u64(r, A_PTOKEN), (unsigned long long)want);
 	struct store s = { .size = need(r, A_WHY_TEXT) + need(r, A_AUDIT) + need(r, A_LABEL) };
 	s.mem = malloc(s.size);
 	if (s.mem == NULL)
@@ -519,6 +598,16 @@ static int decode_ptoken(ipsec_conn *c, const struct reply *r, ipsec_ptoken_hand
 	out->label = put_str(&s, r, A_LABEL);
 	out->mem_ = s.mem;
 	return ok(c);
+}
+
+static int decode_ptoken(ipsec_conn *c, const struct reply *r, ipsec_ptoken_handle want, ipsec_ptoken *out)
+{
+	if (!r->a[A_PTOKEN].present || a_u64(r, A_PTOKEN) == 0)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: PTOKEN_REPLY without a pToken handle");
+	if (want != 0 && a_u64(r, A_PTOKEN) != want)
+		return fail(c, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: pToken %llu, asked for %llu",
+			    (unsigned long long)a_u64(r, A_PTOKEN), (unsigned long long)want);
+	return fill_ptoken(c, r, out);
 }
 
 /* ---- requests ---- */
@@ -640,9 +729,11 @@ static const char *const status_names[] = {
 	[IPSEC_E_UNAVAILABLE] = "UNAVAILABLE",
 	[IPSEC_E_INTERNAL] = "INTERNAL",
 	[IPSEC_E_DENIED] = "DENIED",
+	[IPSEC_E_ADDRESS_MISMATCH] = "ADDRESS_MISMATCH",
+	[IPSEC_E_NO_EVENTS] = "NO_EVENTS",
 };
 
-static const char *const local_names[] = { "SYSTEM", "TIMEOUT", "CLOSED", "BAD_REPLY", "INVALID" };
+static const char *const local_names[] = { "SYSTEM", "TIMEOUT", "CLOSED", "BAD_REPLY", "INVALID", "OVERFLOW" };
 
 static const char *const status_texts[] = {
 	[IPSEC_OK] = "IPSEC_OK: success",
@@ -660,6 +751,8 @@ static const char *const status_texts[] = {
 	[IPSEC_E_UNAVAILABLE] = "IPSEC_E_UNAVAILABLE: IPsec state unavailable, retry later",
 	[IPSEC_E_INTERNAL] = "IPSEC_E_INTERNAL: obold failed, see its log",
 	[IPSEC_E_DENIED] = "IPSEC_E_DENIED: this user may not use the token API",
+	[IPSEC_E_ADDRESS_MISMATCH] = "IPSEC_E_ADDRESS_MISMATCH: the datagram's local address is not the socket's",
+	[IPSEC_E_NO_EVENTS] = "IPSEC_E_NO_EVENTS: this obold cannot send events",
 };
 
 static const char *const local_texts[] = {
@@ -668,6 +761,7 @@ static const char *const local_texts[] = {
 	"IPSEC_E_CLOSED: obold closed the connection",
 	"IPSEC_E_BAD_REPLY: malformed or unexpected reply from obold",
 	"IPSEC_E_INVALID: invalid argument",
+	"IPSEC_E_OVERFLOW: too many unread events",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -683,7 +777,7 @@ const char *ipsec_status_name(int code)
 
 const char *ipsec_strerror(int code)
 {
-	if (code >= 0 && (size_t)code < NELEM(status_texts))
+	if (code >= 0 && (size_t)code < NELEM(status_texts) && status_texts[code] != NULL)
 		return status_texts[code];
 	if (code >= IPSEC_E_SYSTEM && (size_t)(code - IPSEC_E_SYSTEM) < NELEM(local_texts))
 		return local_texts[code - IPSEC_E_SYSTEM];
@@ -709,5 +803,254 @@ const char *ipsec_why_name(int why)
 	};
 	if (why >= 0 && (size_t)why < NELEM(names))
 		return names[why];
+	if (why == IPSEC_WHY_LABEL_UNKNOWN)
+		return "LABEL_UNKNOWN";
+	return NULL;
+}
+
+/* ---- datagrams ---- */
+
+/* put_addr appends an address attribute for sa (AF_INET or AF_INET6;
+ * IPv4-mapped IPv6 addresses are sent as IPv4) and, when port_attr is not
+ * 0, its port. Returns the new length, or 0 for an unusable address. */
+static size_t put_addr(unsigned char *b, size_t len, uint16_t attr, uint16_t port_attr,
+		       const struct sockaddr *sa, socklen_t salen)
+{
+	const unsigned char *a;
+	size_t alen;
+	uint16_t port;
+	static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	if (sa->sa_family == AF_INET && salen >= (socklen_t)sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		a = (const unsigned char *)&in->sin_addr;
+		alen = 4;
+		port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6 && salen >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		a = (const unsigned char *)&in6->sin6_addr;
+		alen = 16;
+		if (memcmp(a, mapped, sizeof mapped) == 0) {
+			a += 12;
+			alen = 4;
+		}
+		port = ntohs(in6->sin6_port);
+	} else {
+		return 0;
+	}
+	put16(b + len, attr);
+	put16(b + len + 2, (uint16_t)alen);
+	memcpy(b + len + 4, a, alen);
+	len += 4 + alen;
+	if (port_attr != 0) {
+		put16(b + len, port_attr);
+		put16(b + len + 2, 2);
+		put16(b + len + 4, port);
+		len += 6;
+	}
+	return len;
+}
+
+int ipsec_ptoken_get_from(ipsec_conn *conn, int sockfd, const struct sockaddr *from, socklen_t fromlen,
+			  const struct sockaddr *local, socklen_t locallen, ipsec_ptoken *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	if (sockfd < 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: invalid socket descriptor %d", sockfd);
+	unsigned char body[64];
+	size_t len = from != NULL ? put_addr(body, 0, A_PEER_ADDR, A_PEER_PORT, from, fromlen) : 0;
+	if (len == 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: the sender must be an IPv4 or IPv6 address");
+	if (local != NULL) {
+		size_t l2 = put_addr(body, len, A_LOCAL_ADDR, 0, local, locallen);
+		if (l2 == 0)
+			return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: the local address must be IPv4 or IPv6");
+		len = l2;
+	}
+	struct reply r;
+	int rc = roundtrip_body(conn, T_PTOKEN_QUERY_FROM, body, len, sockfd, T_PTOKEN_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	return decode_ptoken(conn, &r, 0, out);
+}
+
+int ipsec_recvfrom_ptoken(ipsec_conn *conn, int sockfd, void *buf, size_t len, int flags, size_t *received,
+			  struct sockaddr *from, socklen_t *fromlen, ipsec_ptoken *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (received != NULL)
+		*received = 0;
+	if (conn == NULL || out == NULL || received == NULL || (buf == NULL && len > 0) ||
+	    (from != NULL && fromlen == NULL)) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	int one = 1, domain = 0;
+	socklen_t dl = sizeof domain;
+	if (getsockopt(sockfd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
+		return sys_fail(conn, "SO_DOMAIN of the UDP socket");
+	if (domain == AF_INET6) {
+		if (setsockopt(sockfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one) < 0)
+			return sys_fail(conn, "turn on IPV6_RECVPKTINFO");
+		/* IPv4 datagrams on a dual-stack socket carry IP_PKTINFO. */
+		(void)setsockopt(sockfd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+	} else if (setsockopt(sockfd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one) < 0) {
+		return sys_fail(conn, "turn on IP_PKTINFO");
+	}
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
+	union {
+		char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
+		struct cmsghdr align;
+	} cm;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr mh;
+	memset(&mh, 0, sizeof mh);
+	mh.msg_name = &ss;
+	mh.msg_namelen = sizeof ss;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof cm.buf;
+	ssize_t n;
+	do {
+		n = recvmsg(sockfd, &mh, flags);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return sys_fail(conn, "read a datagram");
+	*received = (size_t)n;
+	if (from != NULL) {
+		socklen_t copy = mh.msg_namelen < *fromlen ? mh.msg_namelen : *fromlen;
+		memcpy(from, &ss, copy);
+		*fromlen = mh.msg_namelen;
+	}
+	struct sockaddr_storage local;
+	memset(&local, 0, sizeof local);
+	socklen_t locallen = 0;
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h != NULL; h = CMSG_NXTHDR(&mh, h)) {
+		if (h->cmsg_level == IPPROTO_IP && h->cmsg_type == IP_PKTINFO &&
+		    h->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+			struct in_pktinfo pi;
+			memcpy(&pi, CMSG_DATA(h), sizeof pi);
+			struct sockaddr_in *in = (struct sockaddr_in *)&local;
+			in->sin_family = AF_INET;
+			in->sin_addr = pi.ipi_addr; /* the header's destination */
+			locallen = sizeof *in;
+		} else if (h->cmsg_level == IPPROTO_IPV6 && h->cmsg_type == IPV6_PKTINFO &&
+			   h->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+			struct in6_pktinfo pi;
+			memcpy(&pi, CMSG_DATA(h), sizeof pi);
+			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&local;
+			in6->sin6_family = AF_INET6;
+			in6->sin6_addr = pi.ipi6_addr;
+			locallen = sizeof *in6;
+		}
+	}
+	return ipsec_ptoken_get_from(conn, sockfd, (const struct sockaddr *)&ss, mh.msg_namelen,
+				     locallen > 0 ? (const struct sockaddr *)&local : NULL, locallen, out);
+}
+
+/* ---- events ---- */
+
+int ipsec_subscribe(ipsec_conn *conn, int sockfd, ipsec_subscription *id, ipsec_ptoken *now)
+{
+	if (now != NULL)
+		memset(now, 0, sizeof *now);
+	if (conn == NULL || id == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	*id = 0;
+	if (sockfd < 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: invalid socket descriptor %d", sockfd);
+	struct reply r;
+	int rc = roundtrip(conn, T_SUBSCRIBE, 0, 0, sockfd, T_SUBSCRIBED, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	if (a_u64(&r, A_SUBSCRIPTION) == 0)
+		return fail(conn, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: SUBSCRIBED without a subscription");
+	if (now != NULL && (rc = fill_ptoken(conn, &r, now)) != IPSEC_OK)
+		return rc;
+	*id = a_u64(&r, A_SUBSCRIPTION);
+	return ok(conn);
+}
+
+int ipsec_unsubscribe(ipsec_conn *conn, ipsec_subscription id)
+{
+	if (conn == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct reply r;
+	int rc = roundtrip(conn, T_UNSUBSCRIBE, A_SUBSCRIPTION, id, -1, T_OK, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	return ok(conn);
+}
+
+int ipsec_event_next(ipsec_conn *conn, ipsec_event *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	struct reply r;
+	for (;;) {
+		int rc;
+		if (conn->evq_head != NULL) {
+			struct queued_event *q = conn->evq_head;
+			conn->evq_head = q->next;
+			if (conn->evq_head == NULL)
+				conn->evq_tail = NULL;
+			conn->evq_len--;
+			memcpy(conn->buf, q->data, q->len);
+			rc = decode(conn, q->len, &r);
+			free(q);
+		} else {
+			size_t n;
+			rc = recv_one(conn, &r, &n);
+		}
+		if (rc != IPSEC_OK)
+			return rc;
+		if (r.type == T_EVENT && r.id == 0)
+			break;
+		/* a late reply to an abandoned request: not an event */
+	}
+	if (a_u64(&r, A_SUBSCRIPTION) == 0 || !r.a[A_EVENT_KIND].present)
+		return fail(conn, IPSEC_E_BAD_REPLY, 0, "token API: bad reply: EVENT without subscription or kind");
+	out->subscription = a_u64(&r, A_SUBSCRIPTION);
+	out->kind = (int)a_u8(&r, A_EVENT_KIND);
+	int rc = fill_ptoken(conn, &r, &out->state);
+	if (rc != IPSEC_OK)
+		memset(out, 0, sizeof *out);
+	return rc;
+}
+
+bool ipsec_event_pending(const ipsec_conn *conn) { return conn != NULL && conn->evq_head != NULL; }
+
+int ipsec_token_fd(const ipsec_conn *conn) { return conn != NULL ? conn->fd : -1; }
+
+void ipsec_event_free(ipsec_event *ev)
+{
+	if (ev == NULL)
+		return;
+	ipsec_ptoken_free(&ev->state);
+	memset(ev, 0, sizeof *ev);
+}
+
+const char *ipsec_event_kind_name(int kind)
+{
+	static const char *const names[] = {
+		NULL, "UP", "DOWN", "REKEYED", "REKEY_FAILED", "IDENTITY_CHANGED", "PROTECTION_CHANGED",
+	};
+	if (kind >= 0 && (size_t)kind < NELEM(names))
+		return names[kind];
 	return NULL;
 }

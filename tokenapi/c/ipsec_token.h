@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,12 +55,16 @@ enum ipsec_status {
 	IPSEC_E_UNAVAILABLE = 12,
 	IPSEC_E_INTERNAL = 13,
 	IPSEC_E_DENIED = 14,
+	/* 25..29: events and datagrams (PROTOCOL.md, "Events and datagrams") */
+	IPSEC_E_ADDRESS_MISMATCH = 25, /* the datagram's local address is not the socket's */
+	IPSEC_E_NO_EVENTS = 26,        /* this obold cannot send events */
 
 	IPSEC_E_SYSTEM = 256,   /* a system call failed; errno says why */
 	IPSEC_E_TIMEOUT = 257,  /* no reply within the timeout; errno EAGAIN */
 	IPSEC_E_CLOSED = 258,   /* obold closed the connection */
 	IPSEC_E_BAD_REPLY = 259, /* obold's reply is malformed or unexpected */
-	IPSEC_E_INVALID = 260   /* bad argument; errno EINVAL */
+	IPSEC_E_INVALID = 260,  /* bad argument; errno EINVAL */
+	IPSEC_E_OVERFLOW = 261  /* too many unread events piled up during a request */
 };
 
 /* authenticationMethod (AUTH_METHOD wire values). */
@@ -89,7 +94,21 @@ enum ipsec_why {
 	IPSEC_WHY_OE_UNUSABLE = 7,
 	IPSEC_WHY_LOCAL = 8,
 	IPSEC_WHY_BLOCKED = 9,
-	IPSEC_WHY_UNKNOWN = 10
+	IPSEC_WHY_UNKNOWN = 10,
+	/* Several CHILD_SAs with different labels cover the flow and the
+	 * socket's own label is unknown: no label is claimed. May come with a
+	 * protected flow. */
+	IPSEC_WHY_LABEL_UNKNOWN = 25
+};
+
+/* What happened to a subscribed flow (EVENT_KIND wire values). */
+enum ipsec_event_kind {
+	IPSEC_EVENT_UP = 1,                 /* an SA now covers the flow */
+	IPSEC_EVENT_DOWN = 2,               /* no SA covers it any more */
+	IPSEC_EVENT_REKEYED = 3,            /* the CHILD_SA was rekeyed, same peer */
+	IPSEC_EVENT_REKEY_FAILED = 4,       /* charon failed to rekey, will retry */
+	IPSEC_EVENT_IDENTITY_CHANGED = 5,   /* the flow's iToken changed */
+	IPSEC_EVENT_PROTECTION_CHANGED = 6  /* privacy, integrity, compression or label changed */
 };
 
 /* A pToken handle names a pToken on one connection only (from 1). */
@@ -171,6 +190,59 @@ int ipsec_ptoken_release(ipsec_conn *conn, ipsec_ptoken_handle handle);
 /* ITOKEN_GET: the peer behind an iToken that one of this connection's live
  * pTokens carries (else IPSEC_E_UNKNOWN_HANDLE). Free with ipsec_itoken_free. */
 int ipsec_itoken_get(ipsec_conn *conn, ipsec_itoken_handle handle, ipsec_itoken *out);
+
+/*
+ * Per-datagram pTokens for UDP sockets.
+ *
+ * ipsec_recvfrom_ptoken reads one datagram from sockfd like recvfrom(2)
+ * (flags as for recvmsg; *received is its length, from/fromlen may be NULL)
+ * and asks obold for the pToken of its sender (PTOKEN_QUERY_FROM). It turns
+ * on IP_PKTINFO / IPV6_RECVPKTINFO on sockfd so that it learns each
+ * datagram's destination address, which obold needs when sockfd is bound to
+ * the wildcard address. On a request failure the datagram has still been
+ * read: *received and from are set.
+ *
+ * ipsec_ptoken_get_from is the request alone: from is the sender, local the
+ * datagram's destination address (NULL when sockfd is bound to one address).
+ */
+int ipsec_recvfrom_ptoken(ipsec_conn *conn, int sockfd, void *buf, size_t len, int flags, size_t *received,
+			  struct sockaddr *from, socklen_t *fromlen, ipsec_ptoken *out);
+int ipsec_ptoken_get_from(ipsec_conn *conn, int sockfd, const struct sockaddr *from, socklen_t fromlen,
+			  const struct sockaddr *local, socklen_t locallen, ipsec_ptoken *out);
+
+/*
+ * Events. Use a connection of its own for subscriptions: obold pushes
+ * events on it whenever they happen.
+ *
+ * ipsec_subscribe passes sockfd (a connected socket, as for
+ * ipsec_ptoken_get; obold closes its copy at once and keeps only the flow)
+ * and returns the subscription's id and, when now is not NULL, the flow's
+ * state now (now->handle is 0: a subscription makes no pToken). Free *now
+ * with ipsec_ptoken_free. ITOKEN_GET on this connection answers for the
+ * iTokens its subscriptions currently carry.
+ *
+ * ipsec_event_next returns the next event, waiting up to the connection's
+ * timeout (IPSEC_E_TIMEOUT when none came). To wait with poll(2), poll
+ * ipsec_token_fd for POLLIN, but call ipsec_event_pending first: events
+ * that arrived while a request waited for its reply are held in memory.
+ * obold drops a connection whose events are not read (IPSEC_E_CLOSED).
+ */
+typedef uint64_t ipsec_subscription;
+
+typedef struct ipsec_event {
+	ipsec_subscription subscription;
+	int kind;            /* enum ipsec_event_kind (or a newer value) */
+	ipsec_ptoken state;  /* the flow now; state.handle is 0 */
+} ipsec_event;
+
+int ipsec_subscribe(ipsec_conn *conn, int sockfd, ipsec_subscription *id, ipsec_ptoken *now);
+int ipsec_unsubscribe(ipsec_conn *conn, ipsec_subscription id);
+int ipsec_event_next(ipsec_conn *conn, ipsec_event *out);
+bool ipsec_event_pending(const ipsec_conn *conn);
+int ipsec_token_fd(const ipsec_conn *conn);
+void ipsec_event_free(ipsec_event *ev);
+/* "UP", "REKEYED", ...; NULL for an unknown value. */
+const char *ipsec_event_kind_name(int kind);
 
 /* Free local memory of a token and zero it. NULL and zeroed structs are fine. */
 void ipsec_ptoken_free(ipsec_ptoken *pt);

@@ -10,6 +10,15 @@
  *       rel[:N]   ipsec_ptoken_release
  *       it[:N]    ipsec_itoken_get (default: the last pToken's iToken)
  *       timeout:MS ipsec_token_set_timeout
+ *       sub:FD    ipsec_subscribe on descriptor FD
+ *       unsub[:N] ipsec_unsubscribe (default: the last subscription)
+ *       ev        ipsec_event_next
+ *       poke:WORD asks the test (UDP to 127.0.0.1:$OBOL_POKE_PORT) to change
+ *                 the IPsec state, and waits for its answer
+ *       from:FD:ADDR:PORT[:LOCAL] ipsec_ptoken_get_from (IPv4 addresses)
+ *       recv:FD   ipsec_recvfrom_ptoken
+ *       poll:MS   whether an event is ready within MS: ipsec_event_pending,
+ *                 then poll(2) on ipsec_token_fd
  */
 #include "ipsec_token.h"
 
@@ -18,6 +27,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <poll.h>
+#include <unistd.h>
 
 /* esc prints s with bytes outside printable ASCII and '\\' as \xNN. */
 static void esc(const char *key, const unsigned char *s, size_t n)
@@ -103,6 +117,42 @@ static int arg(const char *op, uint64_t def, uint64_t *out)
 	return 0;
 }
 
+/* poke sends word to the test's UDP port and waits for its one-line answer. */
+static int poke(const char *word)
+{
+	const char *port = getenv("OBOL_POKE_PORT");
+	if (port == NULL)
+		return -1;
+	int s = socket(AF_INET, SOCK_DGRAM, 0);
+	if (s < 0)
+		return -1;
+	struct sockaddr_in to;
+	memset(&to, 0, sizeof to);
+	to.sin_family = AF_INET;
+	to.sin_port = htons((uint16_t)atoi(port));
+	to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	char ack[64];
+	int rc = -1;
+	if (sendto(s, word, strlen(word), 0, (struct sockaddr *)&to, sizeof to) >= 0) {
+		ssize_t n = recv(s, ack, sizeof ack - 1, 0);
+		if (n >= 0) {
+			ack[n] = '\0';
+			printf("poked=%s\n", ack);
+			rc = 0;
+		}
+	}
+	close(s);
+	return rc;
+}
+
+static int sin4(const char *a, const char *port, struct sockaddr_in *out)
+{
+	memset(out, 0, sizeof *out);
+	out->sin_family = AF_INET;
+	out->sin_port = htons((uint16_t)atoi(port));
+	return inet_pton(AF_INET, a, &out->sin_addr) == 1 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -114,7 +164,7 @@ int main(int argc, char **argv)
 		printf("open=%s\n", strerror(errno));
 		return 1;
 	}
-	uint64_t last_pt = 0, last_it = 0;
+	uint64_t last_pt = 0, last_it = 0, last_sub = 0;
 	for (int i = 2; i < argc; i++) {
 		const char *op = argv[i];
 		uint64_t v;
@@ -153,6 +203,96 @@ int main(int argc, char **argv)
 			if (rc == IPSEC_OK)
 				print_it(&it);
 			ipsec_itoken_free(&it);
+		} else if (strncmp(op, "sub:", 4) == 0) {
+			if (arg(op, 0, &v) < 0 || v > 1024)
+				goto usage;
+			ipsec_ptoken pt;
+			ipsec_subscription id;
+			rc = ipsec_subscribe(c, (int)v, &id, &pt);
+			if (rc == IPSEC_OK) {
+				printf("sub=%" PRIu64 "\n", id);
+				print_pt(&pt);
+				last_sub = id;
+				last_it = pt.itoken;
+			}
+			ipsec_ptoken_free(&pt);
+		} else if (strncmp(op, "unsub", 5) == 0) {
+			if (arg(op, last_sub, &v) < 0)
+				goto usage;
+			rc = ipsec_unsubscribe(c, v);
+			if (rc == IPSEC_OK)
+				printf("unsubscribed=%" PRIu64 "\n", v);
+		} else if (strcmp(op, "ev") == 0) {
+			ipsec_event ev;
+			rc = ipsec_event_next(c, &ev);
+			if (rc == IPSEC_OK) {
+				const char *k = ipsec_event_kind_name(ev.kind);
+				printf("ev.sub=%" PRIu64 "\n", ev.subscription);
+				if (k != NULL)
+					printf("ev.kind=%s\n", k);
+				else
+					printf("ev.kind=%d\n", ev.kind);
+				print_pt(&ev.state);
+				last_it = ev.state.itoken;
+			}
+			ipsec_event_free(&ev);
+		} else if (strncmp(op, "poll:", 5) == 0) {
+			if (arg(op, 0, &v) < 0 || v > 60000)
+				goto usage;
+			bool ready = ipsec_event_pending(c);
+			if (!ready) {
+				struct pollfd p = { .fd = ipsec_token_fd(c), .events = POLLIN };
+				ready = poll(&p, 1, (int)v) == 1 && (p.revents & POLLIN);
+			}
+			printf("readable=%s\n", yn(ready));
+			rc = IPSEC_OK;
+		} else if (strncmp(op, "poke:", 5) == 0) {
+			if (poke(op + 5) < 0)
+				goto usage;
+			rc = IPSEC_OK;
+		} else if (strncmp(op, "from:", 5) == 0) {
+			char tmp[128];
+			if (strlen(op) >= sizeof tmp)
+				goto usage;
+			strcpy(tmp, op + 5);
+			char *fd = strtok(tmp, ":"), *addr = strtok(NULL, ":"), *port = strtok(NULL, ":"), *local = strtok(NULL, ":");
+			struct sockaddr_in from, loc;
+			if (fd == NULL || addr == NULL || port == NULL || sin4(addr, port, &from) < 0 ||
+			    (local != NULL && sin4(local, "0", &loc) < 0))
+				goto usage;
+			ipsec_ptoken pt;
+			rc = ipsec_ptoken_get_from(c, atoi(fd), (struct sockaddr *)&from, sizeof from,
+						   local != NULL ? (struct sockaddr *)&loc : NULL, sizeof loc, &pt);
+			if (rc == IPSEC_OK) {
+				print_pt(&pt);
+				last_pt = pt.handle;
+				last_it = pt.itoken;
+			}
+			ipsec_ptoken_free(&pt);
+		} else if (strncmp(op, "recv:", 5) == 0) {
+			if (arg(op, 0, &v) < 0 || v > 1024)
+				goto usage;
+			unsigned char data[256];
+			size_t n = 0;
+			struct sockaddr_storage from;
+			socklen_t fromlen = sizeof from;
+			ipsec_ptoken pt;
+			rc = ipsec_recvfrom_ptoken(c, (int)v, data, sizeof data, 0, &n, (struct sockaddr *)&from, &fromlen, &pt);
+			if (n > 0 || rc == IPSEC_OK) {
+				esc("dgram.data", data, n);
+				char a[INET6_ADDRSTRLEN] = "";
+				if (from.ss_family == AF_INET) {
+					struct sockaddr_in *in = (struct sockaddr_in *)&from;
+					inet_ntop(AF_INET, &in->sin_addr, a, sizeof a);
+					printf("dgram.from=%s:%u\n", a, (unsigned)ntohs(in->sin_port));
+				}
+			}
+			if (rc == IPSEC_OK) {
+				print_pt(&pt);
+				last_pt = pt.handle;
+				last_it = pt.itoken;
+			}
+			ipsec_ptoken_free(&pt);
 		} else if (strncmp(op, "timeout:", 8) == 0) {
 			if (arg(op, 0, &v) < 0 || v > 600000)
 				goto usage;

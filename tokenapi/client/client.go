@@ -137,6 +137,10 @@ func (c *Client) IToken(ctx context.Context, h ITokenHandle) (IToken, error) {
 	if err != nil {
 		return IToken{}, err
 	}
+	return decodeIToken(m)
+}
+
+func decodeIToken(m wire.Message) (IToken, error) {
 	if m.Type != wire.TypeITokenReply {
 		return IToken{}, fmt.Errorf("token API: got %s to ITOKEN_GET", m.Type)
 	}
@@ -158,6 +162,12 @@ func decodePToken(m wire.Message) (PToken, error) {
 	if m.Type != wire.TypePTokenReply {
 		return PToken{}, fmt.Errorf("token API: got %s, want PTOKEN_REPLY", m.Type)
 	}
+	return ptokenFields(m), nil
+}
+
+// ptokenFields reads the pToken attributes of a PTOKEN_REPLY, SUBSCRIBED
+// or EVENT.
+func ptokenFields(m wire.Message) PToken {
 	h, _ := m.U64(wire.AttrPToken)
 	it, _ := m.U64(wire.AttrIToken)
 	why, _ := m.U16(wire.AttrWhyCode)
@@ -172,7 +182,7 @@ func decodePToken(m wire.Message) (PToken, error) {
 		Audit:       m.String(wire.AttrAudit),
 		Why:         wire.Reason(why),
 		WhyText:     m.String(wire.AttrWhyText),
-	}, nil
+	}
 }
 
 // roundTrip sends one request (with fds as SCM_RIGHTS) and reads its reply.

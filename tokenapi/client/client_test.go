@@ -66,3 +66,44 @@ func TestContextAndLateReply(t *testing.T) {
 		t.Fatalf("Release after a late reply: %v", err)
 	}
 }
+
+// TestEventsCloseWithUnreadEvents: Close returns even when nobody reads C
+// and the reader holds an event it cannot deliver.
+func TestEventsCloseWithUnreadEvents(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "fake.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		ev, _ := wire.NewBuilder(wire.TypeEvent, 0).U64(wire.AttrSubscription, 1).U8(wire.AttrEventKind, uint8(wire.EventDown)).Bytes()
+		for range eventBuffer + 10 {
+			if _, err := c.Write(ev); err != nil {
+				return
+			}
+		}
+		time.Sleep(5 * time.Second)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := DialEvents(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(e.c) < eventBuffer {
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() { e.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close hangs while events are unread")
+	}
+}

@@ -106,3 +106,21 @@ func Serve(t testing.TB, cfg tokenapi.Config, facts tokenapi.Facts) (*tokenapi.S
 	})
 	return srv, cfg.Socket
 }
+
+// ChangeFacts is PortFacts with a change feed the test drives, so the
+// server accepts subscriptions.
+type ChangeFacts struct {
+	*PortFacts
+	ch chan tokenapi.Change
+}
+
+// NewChangeFacts makes empty facts with a feed.
+func NewChangeFacts() *ChangeFacts {
+	return &ChangeFacts{PortFacts: NewPortFacts(), ch: make(chan tokenapi.Change, 64)}
+}
+
+// Changes implements tokenapi.ChangeFeed.
+func (f *ChangeFacts) Changes(context.Context) <-chan tokenapi.Change { return f.ch }
+
+// Notify tells the server that something changed.
+func (f *ChangeFacts) Notify(c tokenapi.Change) { f.ch <- c }

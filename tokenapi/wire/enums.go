@@ -21,6 +21,11 @@ const (
 	ErrCodeUnavailable        ErrorCode = 12
 	ErrCodeInternal           ErrorCode = 13
 	ErrCodeDenied             ErrorCode = 14
+	// ErrCodeAddressMismatch: PTOKEN_QUERY_FROM named a local address that
+	// is not the socket's (nor, for a wildcard socket, one of the host's).
+	ErrCodeAddressMismatch ErrorCode = 25
+	// ErrCodeNoEvents: this server has no source of SA changes.
+	ErrCodeNoEvents ErrorCode = 26
 )
 
 var errorNames = map[ErrorCode]string{
@@ -29,7 +34,7 @@ var errorNames = map[ErrorCode]string{
 	ErrCodeNotSocket: "NOT_SOCKET", ErrCodeNotInet: "NOT_INET", ErrCodeNotConnected: "NOT_CONNECTED",
 	ErrCodeUnsupportedProto: "UNSUPPORTED_PROTOCOL", ErrCodeUnknownHandle: "UNKNOWN_HANDLE",
 	ErrCodeLimit: "LIMIT", ErrCodeUnavailable: "UNAVAILABLE", ErrCodeInternal: "INTERNAL",
-	ErrCodeDenied: "DENIED",
+	ErrCodeDenied: "DENIED", ErrCodeAddressMismatch: "ADDRESS_MISMATCH", ErrCodeNoEvents: "NO_EVENTS",
 }
 
 func (c ErrorCode) String() string {
@@ -55,6 +60,10 @@ const (
 	ReasonLocal             Reason = 8 // host-local traffic (loopback) never passes IPsec
 	ReasonBlocked           Reason = 9 // policy blocks the flow
 	ReasonUnknown           Reason = 10
+	// ReasonLabelUnknown: several CHILD_SAs with different security labels
+	// cover the flow and the socket's own label (SO_PEERSEC) cannot be
+	// read, so the answer names no label. It may come with a protected flow.
+	ReasonLabelUnknown Reason = 25
 )
 
 var reasonNames = map[Reason]string{
@@ -62,7 +71,7 @@ var reasonNames = map[Reason]string{
 	ReasonNegotiationFailed: "NEGOTIATION_FAILED", ReasonAuthFailed: "AUTH_FAILED",
 	ReasonLabelDenied: "LABEL_DENIED", ReasonOENoRecords: "OE_NO_RECORDS",
 	ReasonOEUnusable: "OE_UNUSABLE", ReasonLocal: "LOCAL", ReasonBlocked: "BLOCKED",
-	ReasonUnknown: "UNKNOWN",
+	ReasonUnknown: "UNKNOWN", ReasonLabelUnknown: "LABEL_UNKNOWN",
 }
 
 func (r Reason) String() string {
@@ -100,4 +109,29 @@ func (a AuthMethod) String() string {
 		return authNames[a]
 	}
 	return fmt.Sprintf("AUTH_%d", uint8(a))
+}
+
+// EventKind says what happened to a subscribed flow (AttrEventKind).
+type EventKind uint8
+
+// Event kinds (PROTOCOL.md, "Events and datagrams").
+const (
+	EventUp                EventKind = 1 // an SA now covers the flow
+	EventDown              EventKind = 2 // no SA covers the flow any more
+	EventRekeyed           EventKind = 3 // the CHILD_SA was rekeyed; the peer is the same
+	EventRekeyFailed       EventKind = 4 // charon failed to rekey the SA and will retry
+	EventIdentityChanged   EventKind = 5 // the flow's iToken changed
+	EventProtectionChanged EventKind = 6 // privacy, integrity, compression or label changed
+)
+
+var eventNames = map[EventKind]string{
+	EventUp: "UP", EventDown: "DOWN", EventRekeyed: "REKEYED", EventRekeyFailed: "REKEY_FAILED",
+	EventIdentityChanged: "IDENTITY_CHANGED", EventProtectionChanged: "PROTECTION_CHANGED",
+}
+
+func (k EventKind) String() string {
+	if s, ok := eventNames[k]; ok {
+		return s
+	}
+	return fmt.Sprintf("EVENT_%d", uint8(k))
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"unicode/utf8"
 )
 
@@ -35,10 +36,16 @@ const (
 	TypePTokenGet     Type = 0x02
 	TypePTokenRelease Type = 0x03
 	TypeITokenGet     Type = 0x04
-	TypePTokenReply   Type = 0x81
-	TypeOK            Type = 0x83
-	TypeITokenReply   Type = 0x84
-	TypeError         Type = 0xFF
+	// Events and per-datagram pTokens (PROTOCOL.md, "Events and datagrams").
+	TypeSubscribe       Type = 0x06 // the socket's fd travels in SCM_RIGHTS
+	TypeUnsubscribe     Type = 0x07
+	TypePTokenQueryFrom Type = 0x08 // an unconnected UDP socket's fd, plus the datagram's addresses
+	TypePTokenReply     Type = 0x81
+	TypeOK              Type = 0x83
+	TypeITokenReply     Type = 0x84
+	TypeSubscribed      Type = 0x86 // reply to SUBSCRIBE
+	TypeEvent           Type = 0x87 // pushed by the server, id 0
+	TypeError           Type = 0xFF
 )
 
 func (t Type) String() string {
@@ -57,6 +64,16 @@ func (t Type) String() string {
 		return "OK"
 	case TypeITokenReply:
 		return "ITOKEN_REPLY"
+	case TypeSubscribe:
+		return "SUBSCRIBE"
+	case TypeUnsubscribe:
+		return "UNSUBSCRIBE"
+	case TypePTokenQueryFrom:
+		return "PTOKEN_QUERY_FROM"
+	case TypeSubscribed:
+		return "SUBSCRIBED"
+	case TypeEvent:
+		return "EVENT"
 	case TypeError:
 		return "ERROR"
 	}
@@ -87,6 +104,12 @@ const (
 	AttrErrorText      uint16 = 18 // string
 	AttrMaxVersion     uint16 = 19 // u8
 
+	AttrSubscription uint16 = 30 // u64: a subscription on one connection, from 1
+	AttrEventKind    uint16 = 31 // u8: EventKind
+	AttrPeerAddr     uint16 = 32 // bytes, 4 or 16: a datagram's sender address
+	AttrPeerPort     uint16 = 33 // u16: a datagram's sender port
+	AttrLocalAddr    uint16 = 34 // bytes, 4 or 16: a datagram's destination (IP_PKTINFO)
+
 	AttrCritical uint16 = 0x8000
 )
 
@@ -99,6 +122,7 @@ const (
 	kindU64
 	kindString
 	kindBlob
+	kindAddr // 4 (IPv4) or 16 (IPv6) bytes
 )
 
 var attrKinds = map[uint16]kind{
@@ -108,6 +132,8 @@ var attrKinds = map[uint16]kind{
 	AttrAuthMethod: kindU8, AttrCertDN: kindString, AttrCADN: kindString, AttrPubKeyID: kindString,
 	AttrChannelBinding: kindBlob, AttrLabel: kindString, AttrRemoteID: kindString,
 	AttrErrorCode: kindU16, AttrErrorText: kindString, AttrMaxVersion: kindU8,
+	AttrSubscription: kindU64, AttrEventKind: kindU8, AttrPeerAddr: kindAddr, AttrPeerPort: kindU16,
+	AttrLocalAddr: kindAddr,
 }
 
 // ErrBadMessage wraps every decoding error.
@@ -212,6 +238,10 @@ func checkAttr(t uint16, v []byte) error {
 			if c == 0 {
 				return bad("attribute %d: string contains NUL", t)
 			}
+		}
+	case kindAddr:
+		if len(v) != 4 && len(v) != 16 {
+			return bad("attribute %d: address of %d bytes, want 4 or 16", t, len(v))
 		}
 	case kindBlob:
 		if len(v) > MaxBlob {
@@ -385,4 +415,22 @@ func SanitizeString(s string) string {
 		out = utf8.AppendRune(out, r)
 	}
 	return string(out)
+}
+
+// Addr adds an IP address as 4 or 16 bytes (IPv4-mapped addresses are
+// sent as IPv4); an invalid address is left out.
+func (b *Builder) Addr(t uint16, a netip.Addr) *Builder {
+	if !a.IsValid() {
+		return b
+	}
+	return b.add(t, a.Unmap().AsSlice())
+}
+
+// Addr returns attribute t as an address.
+func (m Message) Addr(t uint16) (netip.Addr, bool) {
+	v, ok := m.Find(t)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFromSlice(v)
 }

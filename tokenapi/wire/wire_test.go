@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -134,6 +135,11 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(TypePTokenQuery, Version, 0, nil))
 	f.Add(frame(TypeITokenGet, Version, 0, attr(AttrIToken, make([]byte, 8))))
 	f.Add(frame(TypePTokenGet, Version, 0, attr(0x8001, nil)))
+	ev, _ := NewBuilder(TypeEvent, 0).U64(AttrSubscription, 1).U8(AttrEventKind, uint8(EventDown)).U16(AttrWhyCode, 2).Bytes()
+	f.Add(ev)
+	from, _ := NewBuilder(TypePTokenQueryFrom, 4).Addr(AttrPeerAddr, netip.MustParseAddr("2001:db8::1")).U16(AttrPeerPort, 53).Addr(AttrLocalAddr, netip.MustParseAddr("192.0.2.1")).Bytes()
+	f.Add(from)
+	f.Add(frame(TypePTokenQueryFrom, Version, 0, attr(AttrPeerAddr, make([]byte, 5))))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := Decode(in)
 		if err != nil {
@@ -151,4 +157,30 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n in %x\nout %x", in, out)
 		}
 	})
+}
+
+func TestAddrAttribute(t *testing.T) {
+	for _, tc := range []struct {
+		v  []byte
+		ok bool
+	}{{make([]byte, 4), true}, {make([]byte, 16), true}, {nil, false}, {make([]byte, 5), false}, {make([]byte, 6), false}} {
+		_, err := Decode(frame(TypePTokenQueryFrom, Version, 0, attr(AttrLocalAddr, tc.v)))
+		if (err == nil) != tc.ok {
+			t.Errorf("address of %d bytes: %v", len(tc.v), err)
+		}
+	}
+	b, err := NewBuilder(TypePTokenQueryFrom, 1).Addr(AttrPeerAddr, netip.MustParseAddr("::ffff:192.0.2.1")).Addr(AttrLocalAddr, netip.Addr{}).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := m.Addr(AttrPeerAddr); !ok || a != netip.MustParseAddr("192.0.2.1") {
+		t.Errorf("mapped address sent as %v", a)
+	}
+	if _, ok := m.Addr(AttrLocalAddr); ok {
+		t.Error("an invalid address was sent")
+	}
 }

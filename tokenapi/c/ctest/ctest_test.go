@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,6 +136,20 @@ func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
 	var w strings.Builder
 	var lastPT client.PTokenHandle
 	var lastIT client.ITokenHandle
+	var events *client.Events // opened by the first sub op, like the C driver's one connection
+	var lastSub client.SubscriptionID
+	defer func() {
+		if events != nil {
+			events.Close()
+		}
+	}()
+	file := func(op string, n uint64) *os.File {
+		i := int(n) - 3
+		if i < 0 || i >= len(files) {
+			t.Fatalf("op %q: no such descriptor", op)
+		}
+		return files[i]
+	}
 	num := func(op string, def uint64) uint64 {
 		_, a, ok := strings.Cut(op, ":")
 		if !ok {
@@ -172,8 +187,83 @@ func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
 			}
 		case strings.HasPrefix(op, "it"):
 			var it client.IToken
-			if it, err = c.IToken(ctx, client.ITokenHandle(num(op, uint64(lastIT)))); err == nil {
+			if events != nil {
+				it, err = events.IToken(ctx, client.ITokenHandle(num(op, uint64(lastIT))))
+			} else {
+				it, err = c.IToken(ctx, client.ITokenHandle(num(op, uint64(lastIT))))
+			}
+			if err == nil {
 				itLines(&w, it)
+			}
+		case strings.HasPrefix(op, "sub:"):
+			if events == nil {
+				if events, err = client.DialEvents(ctx, sock); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var sid client.SubscriptionID
+			var pt client.PToken
+			if sid, pt, err = events.Subscribe(ctx, file(op, num(op, 0))); err == nil {
+				fmt.Fprintf(&w, "sub=%d\n", sid)
+				ptLines(&w, pt)
+				lastSub, lastIT = sid, pt.IToken
+			}
+		case strings.HasPrefix(op, "unsub"):
+			id := num(op, uint64(lastSub))
+			if err = events.Unsubscribe(ctx, client.SubscriptionID(id)); err == nil {
+				fmt.Fprintf(&w, "unsubscribed=%d\n", id)
+			}
+		case op == "ev":
+			select {
+			case ev, ok := <-events.C():
+				if !ok {
+					t.Fatalf("events ended: %v", events.Err())
+				}
+				fmt.Fprintf(&w, "ev.sub=%d\nev.kind=%s\n", ev.Subscription, ev.Kind)
+				ptLines(&w, ev.State)
+				lastIT = ev.State.IToken
+			case <-ctx.Done():
+				t.Fatalf("op ev: no event")
+			}
+		case strings.HasPrefix(op, "poll:"):
+			// The Go client's events wait in C; poll's answer is whether
+			// one is there within the time.
+			deadline := time.Now().Add(time.Duration(num(op, 0)) * time.Millisecond)
+			for len(events.C()) == 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			fmt.Fprintf(&w, "readable=%t\n", len(events.C()) > 0)
+		case strings.HasPrefix(op, "poke:"):
+			fmt.Fprintf(&w, "poked=%s\n", pokeTest(t, op[len("poke:"):]))
+		case strings.HasPrefix(op, "from:"):
+			parts := strings.Split(op[len("from:"):], ":")
+			fd, _ := strconv.ParseUint(parts[0], 10, 64)
+			port, _ := strconv.ParseUint(parts[2], 10, 16)
+			from := netip.AddrPortFrom(netip.MustParseAddr(parts[1]), uint16(port))
+			var local netip.Addr
+			if len(parts) > 3 {
+				local = netip.MustParseAddr(parts[3])
+			}
+			var pt client.PToken
+			if pt, err = c.PTokenFrom(ctx, file(op, fd), from, local); err == nil {
+				ptLines(&w, pt)
+				lastPT, lastIT = pt.Handle, pt.IToken
+			}
+		case strings.HasPrefix(op, "recv:"):
+			pc, ferr := net.FilePacketConn(file(op, num(op, 0)))
+			if ferr != nil {
+				t.Fatal(ferr)
+			}
+			buf := make([]byte, 256)
+			n, from, pt, rerr := c.ReadFromUDP(ctx, pc.(*net.UDPConn), buf)
+			pc.Close()
+			err = rerr
+			if n > 0 || err == nil {
+				fmt.Fprintf(&w, "dgram.data=%s\ndgram.from=%s\n", esc(string(buf[:n])), from)
+			}
+			if err == nil {
+				ptLines(&w, pt)
+				lastPT, lastIT = pt.Handle, pt.IToken
 			}
 		default:
 			t.Fatalf("goRun: op %q", op)
@@ -431,6 +521,18 @@ func TestStrictDecoding(t *testing.T) {
 		{"late-reply-skipped", []string{"it:7"}, func(id uint32) [][]byte {
 			return [][]byte{itReply(id+100, tlv{wire.AttrRemoteID, []byte("old")}), itReply(id, rid, cb)}
 		}, goodIT},
+		{"event-before-reply-kept", []string{"it:7", "poll:0", "ev"}, func(id uint32) [][]byte {
+			if id != 1 {
+				return nil
+			}
+			return [][]byte{raw(wire.TypeEvent, 0, tlv{wire.AttrSubscription, u64(4)}, tlv{wire.AttrEventKind, []byte{2}}, tlv{wire.AttrWhyCode, u16(2)}), itReply(id, rid, cb)}
+		}, goodIT + "op=poll:0\nreadable=true\nop=ev\nev.sub=4\nev.kind=DOWN\npt.handle=0\npt.itoken=0\npt.protected=false\npt.privacy=false\npt.integrity=false\npt.compression=false\npt.why=NO_SA\npt.why_text=\npt.audit=\npt.label=\n"},
+		{"event-without-kind", []string{"it:7", "ev"}, func(id uint32) [][]byte {
+			return [][]byte{raw(wire.TypeEvent, 0, tlv{wire.AttrSubscription, u64(4)}), itReply(id, rid, cb)}
+		}, goodIT + "op=ev\nerr=BAD_REPLY\n"},
+		{"address-of-5-bytes", []string{"it:7"}, func(id uint32) [][]byte {
+			return [][]byte{itReply(id, rid, tlv{wire.AttrPeerAddr, []byte{1, 2, 3, 4, 5}})}
+		}, badIT},
 		{"65-attributes", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, many...)} }, badIT},
 		{"unknown-critical", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{itReply(id, rid, tlv{0x8100, []byte{1}})} }, badIT},
 		{"bad-magic", []string{"it:7"}, func(id uint32) [][]byte { return [][]byte{mutate(itReply(id), func(b []byte) { b[0] = 'X' })} }, badIT},
@@ -648,5 +750,159 @@ func TestExampleServer(t *testing.T) {
 				t.Errorf("example_server printed\n%s\nwithout %q", got, w)
 			}
 		}
+	}
+}
+
+// pokeTest does what testdriver.c's poke op does: it asks the test's
+// poke server (OBOL_POKE_PORT) to change the IPsec state and waits.
+func pokeTest(t *testing.T, word string) string {
+	t.Helper()
+	port, _ := strconv.Atoi(os.Getenv("OBOL_POKE_PORT"))
+	u, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if _, err := u.Write([]byte(word)); err != nil {
+		t.Fatal(err)
+	}
+	u.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := u.Read(buf)
+	if err != nil {
+		t.Fatalf("poke %s: %v", word, err)
+	}
+	return string(buf[:n])
+}
+
+// TestEventsAndDatagramsSameAsGoClient: subscriptions, events and
+// per-datagram pTokens through the C driver and the Go client give the
+// same lines. The drivers change the IPsec state between their requests
+// through a poke server of this test.
+func TestEventsAndDatagramsSameAsGoClient(t *testing.T) {
+	b := build(t)
+	facts := tokenapitest.NewChangeFacts()
+	_, sock := tokenapitest.Serve(t, tokenapi.Config{}, facts)
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	evPort := ln.Addr().(*net.TCPAddr).Port
+	up := scenes["gcm"]
+	facts.Set(evPort, up)
+	tcpFile := func() *os.File {
+		c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		f, err := c.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	udp := func(ip string) *net.UDPConn {
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		return u
+	}
+	protSender, clearSender := udp("127.0.0.1"), udp("127.0.0.1")
+	facts.Set(protSender.LocalAddr().(*net.UDPAddr).Port, scenes["pkix"])
+	server := udp("0.0.0.0") // wildcard: the local address comes from IP_PKTINFO
+	serverFile, err := server.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serverFile.Close()
+	bound := udp("127.0.0.1")
+	boundFile, err := bound.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer boundFile.Close()
+	serverAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: server.LocalAddr().(*net.UDPAddr).Port}
+
+	pokes, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pokes.Close()
+	t.Setenv("OBOL_POKE_PORT", strconv.Itoa(pokes.LocalAddr().(*net.UDPAddr).Port))
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := pokes.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			switch string(buf[:n]) {
+			case "down":
+				facts.Set(evPort, tokenapi.Protection{Why: wire.ReasonNoSA, WhyText: "CHILD_SA deleted"})
+				facts.Notify(tokenapi.Change{Kind: "down", IKEName: "obol-oe-1", Child: "oe"})
+			case "up":
+				facts.Set(evPort, up)
+				facts.Notify(tokenapi.Change{Kind: "up", IKEName: "obol-oe-1", Child: "oe"})
+			case "rekey":
+				facts.Notify(tokenapi.Change{Kind: "rekeyed", IKEName: "obol-oe-1", Child: "oe"})
+			case "rekeyfail":
+				facts.Notify(tokenapi.Change{Kind: "rekey-failed", IKEName: "obol-oe-1", Text: "CHILD_SA rekeying failed, trying again in 25 seconds"})
+			case "dgram-prot":
+				protSender.WriteToUDP([]byte("from the tunnel"), serverAddr)
+			case "dgram-clear":
+				clearSender.WriteToUDP([]byte("in clear"), serverAddr)
+			}
+			time.Sleep(10 * time.Millisecond) // let the datagram land before the driver reads
+			pokes.WriteToUDP([]byte("ok"), from)
+		}
+	}()
+	prot := protSender.LocalAddr().(*net.UDPAddr).Port
+	tests := []struct {
+		name  string
+		files func() []*os.File
+		ops   []string
+		want  []string
+	}{
+		{"events", func() []*os.File { return []*os.File{tcpFile()} },
+			[]string{"sub:3", "it", "poll:100", "poke:rekey", "poll:3000", "ev", "poke:down", "ev", "poke:up", "ev", "it", "poke:rekeyfail", "ev", "unsub", "unsub", "it"},
+			[]string{"sub=1", "readable=false", "readable=true", "ev.kind=REKEYED", "ev.kind=DOWN", "ev.kind=UP", "ev.kind=REKEY_FAILED", "pt.why=NEGOTIATION_FAILED",
+				"pt.why_text=CHILD_SA rekeying failed, trying again in 25 seconds", "it.auth=DNSSEC", "unsubscribed=1", "err=UNKNOWN_HANDLE"}},
+		{"subscribe-refused", func() []*os.File { return []*os.File{serverFile} }, []string{"sub:3"}, []string{"err=NOT_CONNECTED"}},
+		{"datagrams", func() []*os.File { return []*os.File{serverFile} },
+			[]string{"poke:dgram-prot", "recv:3", "it", "poke:dgram-clear", "recv:3"},
+			[]string{"dgram.data=from the tunnel", "pt.protected=true", "it.auth=PKIX_INLINE", "dgram.data=in clear", "pt.why=NO_POLICY"}},
+		{"from", func() []*os.File { return []*os.File{boundFile, serverFile} },
+			[]string{fmt.Sprintf("from:3:127.0.0.1:%d", prot), fmt.Sprintf("from:3:127.0.0.1:%d:192.0.2.1", prot),
+				fmt.Sprintf("from:4:127.0.0.1:%d", prot), fmt.Sprintf("from:4:127.0.0.1:%d:127.0.0.1", prot)},
+			[]string{"pt.protected=true", "err=ADDRESS_MISMATCH"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			files := tc.files()
+			got := runDriver(t, b, sock, files, tc.ops)
+			want := goRun(t, sock, files, tc.ops)
+			if got != want {
+				t.Fatalf("C and Go clients differ\nC:\n%s\nGo:\n%s", got, want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got, "\n"+w) {
+					t.Errorf("output lacks %q:\n%s", w, got)
+				}
+			}
+		})
 	}
 }
