@@ -64,19 +64,7 @@ func TestOEResolverPlugin(t *testing.T) {
 	}
 	clear := wire(t, l, "icmp and host 192.0.2.11 and host 192.0.2.12")
 
-	reach := func() oe.Tunnel {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if _, err := ha.Exec(ctx, "ping", "-c", "1", "-W", "1", "192.0.2.12"); err == nil {
-				return waitOE(t, oa, "192.0.2.12", oe.StateUp, 5*time.Second)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("hosta never reached hostb: %+v", oa.oeList())
-			}
-		}
-	}
-	first := reach()
+	first := reachOE(t, ctx, ha, oa, "192.0.2.12")
 	if first.KeySource == "" || first.DNSSEC != "secure" {
 		t.Errorf("tunnel from the plugin resolver's answer: %+v", first)
 	}
@@ -123,7 +111,7 @@ func TestOEResolverPlugin(t *testing.T) {
 			t.Fatalf("the terminated tunnel is still listed up: %+v", ts)
 		}
 	}
-	second := reach()
+	second := reachOE(t, ctx, ha, oa, "192.0.2.12")
 	if second.DNSSEC != "secure" {
 		t.Errorf("second tunnel: %+v", second)
 	}

@@ -259,7 +259,7 @@ func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err erro
 			set.Resolver = r
 		}
 		// The OE engine asks the [auth] methods in order, DNS among them.
-		chain, err := authChain(cfg.Auth.WithDefaults(), set.Resolver, external, log)
+		chain, err := authChain(cfg.Auth, set.Resolver, external, log)
 		if err != nil {
 			return set, err
 		}
@@ -288,7 +288,8 @@ func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err erro
 }
 
 // authChain builds the auth methods of [auth] in order over r (DNS).
-func authChain(c authmethod.Config, r plugins.Resolver, external func(string, config.Plugin) (*pluginhost.Supervisor, error), log *slog.Logger) (authmethod.Chain, error) {
+func authChain(a config.AuthMethods, r plugins.Resolver, external func(string, config.Plugin) (*pluginhost.Supervisor, error), log *slog.Logger) (authmethod.Chain, error) {
+	c := a.Config.WithDefaults()
 	var chain authmethod.Chain
 	for _, name := range c.Methods {
 		switch name {
@@ -300,12 +301,11 @@ func authChain(c authmethod.Config, r plugins.Resolver, external func(string, co
 			chain = append(chain, authmethod.Named{Name: name, Method: &authmethod.LeapOfFaith{Resolver: r, Store: c.LeapOfFaith.Store,
 				AllowKeyChange: c.LeapOfFaith.AllowKeyChange, Log: log.With("auth", name)}})
 		default:
-			i := slices.IndexFunc(c.Plugins, func(p authmethod.PluginConfig) bool { return p.Name == name })
+			i := slices.IndexFunc(a.Plugins, func(p config.AuthPlugin) bool { return p.Name == name })
 			if i < 0 {
 				return nil, fmt.Errorf("auth method %q: no [[auth.plugin]] of that name", name) // config validation prevents it
 			}
-			p := c.Plugins[i]
-			s, err := external(plugins.KindAuth, config.Plugin{Path: p.Path, Args: p.Args, Env: p.Env})
+			s, err := external(plugins.KindAuth, a.Plugins[i].Plugin)
 			if err != nil {
 				return nil, fmt.Errorf("auth method %q: %w", name, err)
 			}

@@ -2,7 +2,6 @@ package authmethod
 
 import (
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"slices"
 )
@@ -11,11 +10,11 @@ import (
 type Config struct {
 	// Methods are asked in order; the first with an opinion decides.
 	// Built in: "dns", "static", "leap-of-faith"; any other name is an
-	// [[auth.plugin]]. Default ["dns"].
+	// external plugin's ([[auth.plugin]], which obold's config owns, as it
+	// owns every module plugin's settings). Default ["dns"].
 	Methods     []string          `toml:"methods"`
 	Static      StaticConfig      `toml:"static"`
 	LeapOfFaith LeapOfFaithConfig `toml:"leap_of_faith"`
-	Plugins     []PluginConfig    `toml:"plugin"`
 }
 
 // StaticConfig is [auth.static].
@@ -27,14 +26,6 @@ type StaticConfig struct {
 type LeapOfFaithConfig struct {
 	Store          string `toml:"store"`
 	AllowKeyChange bool   `toml:"allow_key_change"`
-}
-
-// PluginConfig is one [[auth.plugin]]: an external auth method.
-type PluginConfig struct {
-	Name string   `toml:"name"`
-	Path string   `toml:"plugin"`
-	Args []string `toml:"args"`
-	Env  []string `toml:"env"`
 }
 
 // Built-in method names.
@@ -60,25 +51,23 @@ type Problem struct{ Path, Msg string }
 
 var pluginNameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
 
-// Validate returns every problem; requireDNSSEC is [oe.dns] require_dnssec.
-func (c Config) Validate(requireDNSSEC bool) []Problem {
+// Validate returns every problem; requireDNSSEC is [oe.dns] require_dnssec
+// and pluginNames the names of the [[auth.plugin]] entries, in order.
+func (c Config) Validate(requireDNSSEC bool, pluginNames []string) []Problem {
 	c = c.WithDefaults()
 	var ps []Problem
 	plugins := map[string]bool{}
-	for i, p := range c.Plugins {
-		path := fmt.Sprintf("auth.plugin[%d]", i)
+	for i, name := range pluginNames {
+		path := fmt.Sprintf("auth.plugin[%d].name", i)
 		switch {
-		case !pluginNameRE.MatchString(p.Name):
-			ps = append(ps, Problem{path + ".name", fmt.Sprintf("name %q: write 1 to 32 lowercase letters, digits, '-' or '_', starting with a letter", p.Name)})
-		case p.Name == NameDNS || p.Name == NameStatic || p.Name == NameLeapOfFaith:
-			ps = append(ps, Problem{path + ".name", fmt.Sprintf("name %q is a built-in method; give the plugin another name", p.Name)})
-		case plugins[p.Name]:
-			ps = append(ps, Problem{path + ".name", fmt.Sprintf("name %q is used twice", p.Name)})
+		case !pluginNameRE.MatchString(name):
+			ps = append(ps, Problem{path, fmt.Sprintf("name %q: write 1 to 32 lowercase letters, digits, '-' or '_', starting with a letter", name)})
+		case name == NameDNS || name == NameStatic || name == NameLeapOfFaith:
+			ps = append(ps, Problem{path, fmt.Sprintf("name %q is a built-in method; give the plugin another name", name)})
+		case plugins[name]:
+			ps = append(ps, Problem{path, fmt.Sprintf("name %q is used twice", name)})
 		}
-		plugins[p.Name] = true
-		if !filepath.IsAbs(p.Path) {
-			ps = append(ps, Problem{path + ".plugin", fmt.Sprintf("plugin %q: write the binary's path", p.Path)})
-		}
+		plugins[name] = true
 	}
 	seen := map[string]bool{}
 	for i, m := range c.Methods {
@@ -99,9 +88,9 @@ func (c Config) Validate(requireDNSSEC bool) []Problem {
 			ps = append(ps, Problem{path, fmt.Sprintf("unknown method %q; write %q, %q, %q or the name of an [[auth.plugin]]", m, NameDNS, NameStatic, NameLeapOfFaith)})
 		}
 	}
-	for i, p := range c.Plugins {
-		if !slices.Contains(c.Methods, p.Name) {
-			ps = append(ps, Problem{fmt.Sprintf("auth.plugin[%d]", i), fmt.Sprintf("plugin %q is not in auth.methods; list it there or remove it", p.Name)})
+	for i, name := range pluginNames {
+		if !slices.Contains(c.Methods, name) {
+			ps = append(ps, Problem{fmt.Sprintf("auth.plugin[%d]", i), fmt.Sprintf("plugin %q is not in auth.methods; list it there or remove it", name)})
 		}
 	}
 	return ps

@@ -37,7 +37,19 @@ type Config struct {
 	// without a section runs built in.
 	Modules Modules `toml:"modules"`
 	// Auth says how OE peers' keys are found and trusted ([auth]).
-	Auth authmethod.Config `toml:"auth"`
+	Auth AuthMethods `toml:"auth"`
+}
+
+// AuthMethods is [auth]: the methods' own settings, and the external ones.
+type AuthMethods struct {
+	authmethod.Config
+	Plugins []AuthPlugin `toml:"plugin"`
+}
+
+// AuthPlugin is one [[auth.plugin]]: an external authentication method.
+type AuthPlugin struct {
+	Name string `toml:"name"`
+	Plugin
 }
 
 // Modules names the external plugin of each module that has one.

@@ -75,6 +75,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-label-above.toml", []string{`15: entry "hosts" lists label system_u:system_r:app_t:s5 but refuses it (level above the entry's high)`}},
 		{"bad-label-entry.toml", []string{`25: label_entry takes its labels and label mode from [labels]`}},
 		{"bad-auth.toml", []string{`7: "certificate" is not allowed here; write one of "pubkey", "psk"`}},
+		{"bad-auth-methods.toml", []string{`3: unknown method "nope"`, `3: method "static" needs [auth.static] dir`, `5: plugin "corp" is not in auth.methods`, `7: plugin "/nonexistent/corp"`}},
 		{"bad-plugin.toml", []string{`3: plugin "`, `7: is not an executable file`, `8: env entry "NOEQUALS" is not KEY=VALUE`, `10: settings without a plugin`}},
 		{"bad-oe-ipv6.toml", []string{`5: address6 fe80::11 is not a global unicast address`}},
 		{"bad-oe-no-address6.toml", []string{`15: 2001:db8::/32 is IPv6 but [oe] has no IPv6 address for IKE with peers there; add address6`}},

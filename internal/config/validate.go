@@ -63,7 +63,11 @@ func (c *Config) validate() []problem {
 	for _, p := range c.OE.Validate() {
 		ps = append(ps, problem{p.Path, p.Msg})
 	}
-	for _, p := range c.Auth.Validate(c.OE.DNS.RequireDNSSEC) {
+	var authPlugins []string
+	for _, p := range c.Auth.Plugins {
+		authPlugins = append(authPlugins, p.Name)
+	}
+	for _, p := range c.Auth.Validate(c.OE.DNS.RequireDNSSEC, authPlugins) {
 		ps = append(ps, problem{p.Path, p.Msg})
 	}
 	if c.OE.Enabled() && c.OE.KeyFile != "" {
@@ -76,10 +80,21 @@ func (c *Config) validate() []problem {
 			ps = append(ps, problem{"tokenapi", err.Error() + "; fix [tokenapi]"})
 		}
 	}
-	for _, m := range []struct {
+	plugins := []struct {
 		key string
 		p   Plugin
-	}{{"modules.resolver", c.Modules.Resolver}, {"modules.labels", c.Modules.Labels}, {"modules.xfrm", c.Modules.XFRM}} {
+	}{{"modules.resolver", c.Modules.Resolver}, {"modules.labels", c.Modules.Labels}, {"modules.xfrm", c.Modules.XFRM}}
+	for i, ap := range c.Auth.Plugins {
+		if !ap.External() {
+			bad(fmt.Sprintf("auth.plugin[%d].plugin", i), "an auth plugin needs plugin = \"/path/to/binary\"")
+			continue
+		}
+		plugins = append(plugins, struct {
+			key string
+			p   Plugin
+		}{fmt.Sprintf("auth.plugin[%d]", i), ap.Plugin})
+	}
+	for _, m := range plugins {
 		if !m.p.External() {
 			if len(m.p.Args)+len(m.p.Env) > 0 || m.p.CallTimeout != 0 || m.p.MaxBackoff != 0 {
 				bad(m.key, "settings without a plugin: write plugin = \"/path/to/binary\" or remove the section (the module then runs built in)")
