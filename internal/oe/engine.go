@@ -366,15 +366,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	e.setState(t, StateNegotiating, "")
 	var reasons []string
 	for _, gw := range ans.Gateways {
-		if !gw.Addr.IsValid() {
-			// An @FQDN named in the destination's own reverse map is the
-			// destination speaking for itself (an end node with an FQDN
-			// identity): IKE goes to the destination's address.
-			if gw.FQDN == "" {
-				continue
-			}
-			gw.Addr = pair.Dst
+		addr, ok := e.ikeAddr(gw, pair.Dst)
+		if !ok {
+			reasons = append(reasons, "gateway "+peerID(gw)+": its addresses in DNS ("+addrList(gw.Addrs)+") hold none of the family of our address "+e.cfg.Address)
+			continue
 		}
+		gw.Addr = addr
 		e.mu.Lock()
 		t.Attempts++
 		t.Gateway, t.KeySource = gatewayName(gw), gw.Source
@@ -420,6 +417,37 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
 	}
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
+}
+
+// ikeAddr is where IKE goes for gw: its address; for a gateway named by
+// FQDN, its first address (from the FQDN's forward map) of our address's
+// family; for an @FQDN with no address records, the destination itself
+// (an end node speaking for itself with an FQDN identity).
+func (e *Engine) ikeAddr(gw plugins.Gateway, dst netip.Addr) (netip.Addr, bool) {
+	if gw.Addr.IsValid() {
+		return gw.Addr, true
+	}
+	if gw.FQDN == "" {
+		return netip.Addr{}, false
+	}
+	if len(gw.Addrs) == 0 {
+		return dst, true
+	}
+	us := netip.MustParseAddr(e.cfg.Address)
+	for _, a := range gw.Addrs {
+		if a.Is4() == us.Is4() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func addrList(as []netip.Addr) string {
+	var ss []string
+	for _, a := range as {
+		ss = append(ss, a.String())
+	}
+	return strings.Join(ss, ", ")
 }
 
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
@@ -729,7 +757,7 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 				e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
 				continue
 			}
-			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost)
+			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost, sa.RemoteID)
 			if !ok {
 				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
 				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
@@ -745,17 +773,45 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 	}
 }
 
-func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr) (bool, string) {
+// delegates tells whether client's reverse map names the initiator as
+// its gateway: by the address it initiated from, or by the FQDN it proved
+// as its IKE identity (provedID, as charon reports it: no '@'). An FQDN is
+// compared with the identity, never with addresses: anyone can be at an
+// address a name resolves to, only the gateway holds the name's key.
+func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr, provedID string) (bool, string) {
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: client})
 	if err != nil {
 		return false, err.Error()
 	}
+	proved := canonicalFQDN(provedID)
+	var named []string
 	for _, gw := range ans.Gateways {
-		if gw.Addr == gateway {
+		switch {
+		case gw.Addr.IsValid() && gw.Addr == gateway:
+			return true, ""
+		case gw.FQDN != "" && proved != "" && canonicalFQDN(gw.FQDN) == proved:
 			return true, ""
 		}
+		named = append(named, peerID(gw))
 	}
-	return false, fmt.Sprintf("%s's reverse map names no gateway %s", client, gateway)
+	who := gateway.String()
+	if proved != "" {
+		who += " (identity @" + proved + ")"
+	}
+	if len(named) == 0 {
+		return false, fmt.Sprintf("%s's reverse map names no gateway; it does not delegate to %s", client, who)
+	}
+	return false, fmt.Sprintf("%s's reverse map names gateway %s, not %s", client, strings.Join(named, ", "), who)
+}
+
+// canonicalFQDN is an FQDN identity in one form for comparison: lowercase,
+// without '@' and the final dot; "" for an IP identity.
+func canonicalFQDN(id string) string {
+	id = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(id, "@"), "."))
+	if _, err := netip.ParseAddr(id); err == nil {
+		return ""
+	}
+	return id
 }
 
 // responderAllow marks the responder's pair up and, on the userspace

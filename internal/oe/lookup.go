@@ -117,16 +117,15 @@ func (e *Engine) explainInitiator(l *Lookup) {
 		failVerb, failDo = "would send in clear", "sent in clear"
 	}
 	life := dec.ShuntLifetime.String()
-	// As initiate does: an @FQDN without an address is the destination
-	// speaking for itself, reached at its own address.
+	// As initiate does: an @FQDN goes to its addresses from DNS, or, with
+	// none, is the destination speaking for itself.
 	var gws []plugins.Gateway
 	for _, gw := range l.Answer.Gateways {
-		if !gw.Addr.IsValid() {
-			if gw.FQDN == "" {
-				continue
-			}
-			gw.Addr = l.Addr
+		addr, ok := e.ikeAddr(gw, l.Addr)
+		if !ok {
+			continue
 		}
+		gw.Addr = addr
 		gws = append(gws, gw)
 	}
 	var why string
