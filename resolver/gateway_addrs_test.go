@@ -146,7 +146,9 @@ func TestFQDNGatewayAddresses(t *testing.T) {
 				if g.FQDN != "gw.gw.test." || g.Addr.IsValid() || !slices.Equal(got, tc.wantAddrs) && len(got)+len(tc.wantAddrs) > 0 {
 					t.Errorf("gateway %+v addrs %v; want @gw.gw.test. at %v", g, got, tc.wantAddrs)
 				}
-				if !slices.EqualFunc(g.Keys, tc.wantKeys, func(a, b plugins.PublicKey) bool { return a.Algorithm == b.Algorithm && string(a.Data) == string(b.Data) }) {
+				if !slices.EqualFunc(g.Keys, tc.wantKeys, func(a, b plugins.PublicKey) bool {
+					return a.Algorithm == b.Algorithm && string(a.Data) == string(b.Data)
+				}) {
 					t.Errorf("keys %v, want %v", g.Keys, tc.wantKeys)
 				}
 			}

@@ -78,6 +78,10 @@ type Tunnel struct {
 	// peerKey is the key DNS gave for the peer, when it gave exactly one
 	// (with several, charon does not say which one authenticated).
 	peerKey plugins.PublicKey
+	// closed: charon reported the conn's SA down while obold still
+	// negotiated (the peer closed the CHILD_SA at once, e.g. refusing the
+	// client): up must not allow the pair's traffic past the trap.
+	closed bool
 }
 
 // Params are the engine's inputs besides its Config.
@@ -374,6 +378,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		gw.Addr = addr
 		e.mu.Lock()
 		t.Attempts++
+		t.closed = false
 		t.Gateway, t.KeySource = gatewayName(gw), gw.Source
 		// Known before charon is asked, so the key is there when charon's
 		// up event makes the token API look.
@@ -400,6 +405,9 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 					case <-time.After(retryPause):
 					}
 				}
+				e.mu.Lock()
+				t.closed = false
+				e.mu.Unlock()
 				ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
 				err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
 				cancel()
@@ -410,8 +418,10 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
-			e.up(ctx, t)
-			return
+			if e.up(ctx, t) {
+				return
+			}
+			err = errors.New("the peer closed the CHILD_SA as soon as it was up (it may refuse this client: see its obolctl oe list)")
 		}
 		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
 		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
@@ -502,8 +512,13 @@ func gatewayName(gw plugins.Gateway) string {
 
 // up: the tunnel carries the pair now. On the userspace datapath the
 // kernel's trap would still hold the pair's packets, so allow them.
-func (e *Engine) up(ctx context.Context, t *Tunnel) {
-	e.removeShunt(ctx, t)
+func (e *Engine) up(ctx context.Context, t *Tunnel) bool {
+	e.mu.Lock()
+	closed := t.closed
+	e.mu.Unlock()
+	if closed {
+		return false
+	}
 	var allows []xfrm.Policy
 	if e.p.Userspace {
 		src := netip.PrefixFrom(t.Pair.Src, t.Pair.Src.BitLen())
@@ -523,12 +538,23 @@ func (e *Engine) up(ctx context.Context, t *Tunnel) {
 	}
 	now := e.p.Now()
 	e.mu.Lock()
+	if t.closed {
+		// The SA went down while the allows went in: they must not stay,
+		// or the pair's traffic would leave in clear.
+		e.mu.Unlock()
+		for _, p := range allows {
+			_ = e.p.Kernel.Remove(ctx, p)
+		}
+		return false
+	}
 	t.State, t.Reason, t.Since = StateUp, "", now
 	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
 	t.allow = append(t.allow, allows...)
 	delete(e.backoff, t.Pair.Dst)
 	e.mu.Unlock()
+	e.removeShunt(ctx, t)
 	e.log.Info("OE tunnel up", "pair", t.Pair, "role", t.Role, "gateway", t.Gateway, "dnssec", t.DNSSEC)
+	return true
 }
 
 // fail applies the group's failure shunt for the shunt lifetime; under
@@ -643,7 +669,7 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			}
 			return
 		}
-		e.down(ev.SA.Name)
+		e.down(ev.SA.Name, ev.Kind == vici.EventChildUpDown)
 	}
 }
 
@@ -852,14 +878,21 @@ func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client n
 
 // down: a Delete arrived or the tunnel was closed: forget the pair in both
 // directions and unload its conn. A second Delete (crossed) finds nothing.
-func (e *Engine) down(conn string) {
+func (e *Engine) down(conn string, child bool) {
 	ctx := e.context()
 	e.mu.Lock()
 	var gone []*Tunnel
 	for pair, t := range e.tunnels {
-		if t.Conn == conn && t.State == StateUp {
+		switch {
+		case t.Conn == conn && t.State == StateUp:
 			delete(e.tunnels, pair)
 			gone = append(gone, t)
+		case child && t.Conn == conn && t.State == StateNegotiating && t.Role == "initiator":
+			// A CHILD_SA down before obold saw initiate return: up must
+			// not open the pair (initiate then applies the failure
+			// shunt). Only a CHILD_SA: a failed attempt's IKE_SA going
+			// down must not spoil the retry.
+			t.closed = true
 		}
 	}
 	e.mu.Unlock()

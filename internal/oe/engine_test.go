@@ -31,6 +31,9 @@ type fakeCharon struct {
 	terminated []vici.SASelector
 	fail       map[string]error
 	sas        []vici.IKESA
+	// onInitiate runs before Initiate returns, without the lock (charon's
+	// events can arrive before the initiate command's answer).
+	onInitiate func(ike string)
 }
 
 func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
@@ -46,6 +49,12 @@ func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {
 	return nil
 }
 func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+	f.mu.Lock()
+	hook := f.onInitiate
+	f.mu.Unlock()
+	if hook != nil {
+		hook(ike)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.initiated = append(f.initiated, ike)

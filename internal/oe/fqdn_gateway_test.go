@@ -136,3 +136,25 @@ func TestCanonicalFQDN(t *testing.T) {
 		}
 	}
 }
+
+// The peer closes the CHILD_SA before charon's answer to initiate reaches
+// obold (a responder refusing the client): the pair must not be allowed
+// past the trap, and under private the failure shunt drops its traffic.
+func TestChildClosedBeforeInitiateReturns(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.ch.onInitiate = func(ike string) {
+		r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: false, SA: &vici.IKESA{Name: ike}})
+	}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
+	if !strings.Contains(tu.Reason, "the peer closed the CHILD_SA as soon as it was up") {
+		t.Errorf("reason %q", tu.Reason)
+	}
+	if n := len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) + len(r.policies(t, xfrm.Allow, "10.2.0.10/32", "10.1.0.10/32")); n != 0 {
+		t.Errorf("%d allow policies for a pair whose CHILD_SA is gone", n)
+	}
+	if len(r.policies(t, xfrm.Block, "10.1.0.10/32", "10.2.0.10/32")) != 1 {
+		t.Error("no block shunt under private")
+	}
+}
