@@ -32,6 +32,9 @@ type Charon interface {
 	Initiate(ctx context.Context, ike, child string) error
 	Terminate(ctx context.Context, sel vici.SASelector) error
 	ListSAs(ctx context.Context, sel vici.SASelector) ([]vici.IKESA, error)
+	// ListConns lists charon's conns: OE keeps away from those obold does
+	// not own (name "" lists all).
+	ListConns(ctx context.Context, name string) ([]vici.ConnInfo, error)
 }
 
 // Kernel installs obold's XFRM policies (*xfrm.Installer satisfies it).
@@ -124,6 +127,10 @@ type Engine struct {
 	wg        sync.WaitGroup
 	ctx       context.Context
 	stopped   bool
+
+	// cfgMu guards cfgSet, the cached conns obold does not own.
+	cfgMu  sync.Mutex
+	cfgSet configuredSet
 }
 
 type backoff struct {
@@ -347,6 +354,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	if dec.NegotiationShunt == policy.Pass {
 		e.installShunt(ctx, t, xfrm.Allow, 0)
 	}
+	// A configured (swanctl) conn covering the destination owns it: OE
+	// must not install a more specific tunnel beside it.
+	if conn, why := e.configuredCollision(ctx, "", netip.Addr{}, pair.Dst); why != "" {
+		e.refuseConfigured(ctx, t, dec, conn, why)
+		return
+	}
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: pair.Dst})
 	e.mu.Lock()
 	t.DNSSEC = ans.DNSSEC
@@ -376,6 +389,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			continue
 		}
 		gw.Addr = addr
+		// Never a conn charon could take for a configured peer's, or one
+		// that would take a configured peer's place.
+		if _, why := e.configuredCollision(ctx, peerID(gw), gw.Addr, pair.Dst); why != "" {
+			reasons = append(reasons, "gateway "+gatewayName(gw)+": OE refused: "+why)
+			continue
+		}
 		e.mu.Lock()
 		t.Attempts++
 		t.closed = false
@@ -646,6 +665,7 @@ var initiatingRE = regexp.MustCompile(`^(\S+) is initiating an IKE_SA$`)
 func (e *Engine) HandleEvent(ev vici.Event) {
 	switch ev.Kind {
 	case vici.EventConnected:
+		e.forgetConfigured()
 		e.resync(ev.SAs)
 	case vici.EventLog:
 		if ev.Log == nil {
@@ -741,6 +761,15 @@ func (e *Engine) respond(peer netip.Addr) {
 			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
 			return
 		}
+		if _, why := e.configuredCollision(ctx, peerID(*gw), peer, netip.Addr{}); why != "" {
+			why = "OE refused: " + why + "; OE never takes a configured peer's place"
+			e.mu.Lock()
+			t.State, t.Reason, t.DNSSEC = StateFailed, "refused initiator: "+why, ans.DNSSEC
+			t.Gateway, t.KeySource = gatewayName(*gw), gw.Source
+			e.mu.Unlock()
+			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
+			return
+		}
 		local := []string{netip.PrefixFrom(pair.Src, pair.Src.BitLen()).String()}
 		if len(e.cfg.Protect) > 0 {
 			local = append(local, e.cfg.Protect...)
@@ -784,6 +813,9 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 				continue
 			}
 			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost, sa.RemoteID)
+			if _, cwhy := e.configuredCollision(ctx, "", netip.Addr{}, pfx.Addr()); ok && cwhy != "" {
+				ok, why = false, "OE refused: "+cwhy
+			}
 			if !ok {
 				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
 				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
