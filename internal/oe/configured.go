@@ -207,6 +207,26 @@ func (e *Engine) refuseConfigured(ctx context.Context, t *Tunnel, dec policy.Dec
 	e.mu.Lock()
 	t.State, t.Reason, t.Since = StateFailed, reason+fmt.Sprintf(" (its traffic goes to conn %q's tunnel)", conn), now
 	t.LifespanEnd = now.Add(life)
+	t.via = conn
 	e.mu.Unlock()
 	e.log.Info("OE refused: a configured conn covers the destination; its tunnel carries the traffic", "pair", t.Pair, "conn", conn)
+}
+
+// configuredDown: a configured conn's SA went down. Pairs let into its
+// tunnel get their group's failure shunt at once, so under private nothing
+// leaves in clear (without the tunnel the allow would send it in clear).
+func (e *Engine) configuredDown(conn string) {
+	e.mu.Lock()
+	var hit []*Tunnel
+	for _, t := range e.tunnels {
+		if t.via == conn && t.State == StateFailed {
+			t.via = ""
+			hit = append(hit, t)
+		}
+	}
+	e.mu.Unlock()
+	for _, t := range hit {
+		dec := e.pol.Decide(t.Pair.Dst)
+		e.fail(t, dec, fmt.Sprintf("OE refused: configured conn %q covers %s; OE never takes a configured conn's place (conn %q has no tunnel up for it now)", conn, t.Pair.Dst, conn), true)
+	}
 }

@@ -194,3 +194,23 @@ func TestConfiguredCache(t *testing.T) {
 		t.Error("a failed list-conns was cached")
 	}
 }
+
+// The configured tunnel a refused pair was let into goes down: the allow
+// goes at once and the private drop takes its place.
+func TestConfiguredTunnelDownDropsAllow(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.ch.configured = []vici.ConnInfo{siteConn()}
+	r.ch.sas = []vici.IKESA{{Name: "gw-gw", Children: []vici.ChildSA{{State: "INSTALLED", RemoteTS: []string{"10.2.0.0/24"}}}}}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
+	if len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 {
+		t.Fatal("no allow into the configured tunnel")
+	}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, Up: false, SA: &vici.IKESA{Name: "gw-gw"}})
+	if n := len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")); n != 0 || len(r.policies(t, xfrm.Block, "10.1.0.10/32", "10.2.0.10/32")) != 1 {
+		t.Fatalf("after the configured tunnel went down: %d allows, want none and one block", n)
+	}
+	if why, _ := r.e.Failure(netip.MustParseAddr("10.2.0.10")); !strings.Contains(why, `conn "gw-gw" has no tunnel up for it now`) {
+		t.Errorf("reason %q", why)
+	}
+}

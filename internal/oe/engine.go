@@ -81,6 +81,9 @@ type Tunnel struct {
 	// peerKey is the key DNS gave for the peer, when it gave exactly one
 	// (with several, charon does not say which one authenticated).
 	peerKey plugins.PublicKey
+	// via is the configured conn whose tunnel this refused pair's traffic
+	// was let into; when that tunnel goes down the allow must go at once.
+	via string
 	// closed: charon reported the conn's SA down while obold still
 	// negotiated (the peer closed the CHILD_SA at once, e.g. refusing the
 	// client): up must not allow the pair's traffic past the trap.
@@ -680,6 +683,10 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			e.respond(a)
 		}
 	case vici.EventIKEUpDown, vici.EventChildUpDown:
+		if ev.SA != nil && !ev.Up && !strings.HasPrefix(ev.SA.Name, e.p.Prefix) {
+			e.configuredDown(ev.SA.Name)
+			return
+		}
 		if ev.SA == nil || !strings.HasPrefix(ev.SA.Name, e.p.Prefix+"oe-") {
 			return
 		}
