@@ -31,6 +31,7 @@ type configuredConn struct {
 	ids      []string       // remote identities, canonical (see canonicalID)
 	addrs    []netip.Prefix // explicit remote_addrs (not %any)
 	remoteTS []netip.Prefix // children's remote selectors
+	live     bool           // an SA up now rather than a conn's config
 }
 
 // configuredSet is a cached list-conns of the conns obold does not own.
@@ -57,12 +58,36 @@ func (e *Engine) configured(ctx context.Context) ([]configuredConn, error) {
 		// Not cached: the next negotiation asks again.
 		return nil, fmt.Errorf("list charon's configured conns (to keep OE away from them): %w", err)
 	}
+	// Live SAs of those conns count too: a conn with remote id %any has
+	// SAs with real peer identities, and an OE peer proving one of them
+	// with INITIAL_CONTACT would make charon destroy that SA (uniqueness
+	// with force_replace compares identities only, not configs).
+	lctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+	sas, err := e.p.Charon.ListSAs(lctx, vici.SASelector{})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("list charon's SAs (to keep OE away from configured peers): %w", err)
+	}
 	var out []configuredConn
 	for _, ci := range infos {
 		if strings.HasPrefix(ci.Name, e.p.Prefix) {
 			continue
 		}
 		out = append(out, parseConfigured(ci))
+	}
+	for _, sa := range sas {
+		if strings.HasPrefix(sa.Name, e.p.Prefix) {
+			continue
+		}
+		c := configuredConn{name: sa.Name, live: true}
+		if id := canonicalID(sa.RemoteID); id != "" {
+			c.ids = append(c.ids, id)
+		}
+		if sa.RemoteHost.IsValid() {
+			h := sa.RemoteHost.Unmap()
+			c.addrs = append(c.addrs, netip.PrefixFrom(h, h.BitLen()))
+		}
+		out = append(out, c)
 	}
 	e.cfgSet = configuredSet{conns: out, fetched: now}
 	return out, nil
@@ -137,11 +162,17 @@ func collision(conns []configuredConn, remoteID string, peer, dst netip.Addr) (c
 	for _, c := range conns {
 		for _, cid := range c.ids {
 			if id != "" && cid == id {
+				if c.live {
+					return c.name, fmt.Sprintf("configured conn %q has an SA up with the same peer identity %s", c.name, remoteID)
+				}
 				return c.name, fmt.Sprintf("configured conn %q has the same remote identity %s", c.name, remoteID)
 			}
 		}
 		for _, p := range c.addrs {
 			if peer.IsValid() && p.Contains(peer.Unmap()) {
+				if c.live {
+					return c.name, fmt.Sprintf("configured conn %q has an SA up with the peer %s", c.name, peer)
+				}
 				return c.name, fmt.Sprintf("configured conn %q has remote_addrs %s covering the peer %s", c.name, p, peer)
 			}
 		}

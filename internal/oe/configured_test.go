@@ -214,3 +214,22 @@ func TestConfiguredTunnelDownDropsAllow(t *testing.T) {
 		t.Errorf("reason %q", why)
 	}
 }
+
+// A configured conn for any peer (%any) has SAs with real identities: OE
+// must not authenticate one of them (its INITIAL_CONTACT would make charon
+// destroy the configured SA).
+func TestInitiatorRefusesPeerOfLiveConfiguredSA(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.ch.configured = []vici.ConnInfo{{Name: "rw", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "%any"}}}}
+	r.ch.sas = []vici.IKESA{{Name: "rw", RemoteID: "gw.example.test", RemoteHost: netip.MustParseAddr("198.51.100.4")}}
+	gw := fqdnGateway(t, "gw.example.test.", 10, "192.0.2.40")
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	f := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
+	if want := `OE refused: configured conn "rw" has an SA up with the same peer identity @gw.example.test`; !strings.Contains(f.Reason, want) {
+		t.Errorf("reason %q\nlacks %q", f.Reason, want)
+	}
+	if len(r.ch.initiated) != 0 {
+		t.Errorf("initiated %v", r.ch.initiated)
+	}
+}
