@@ -233,3 +233,18 @@ func TestInitiatorRefusesPeerOfLiveConfiguredSA(t *testing.T) {
 		t.Errorf("initiated %v", r.ch.initiated)
 	}
 }
+
+// obolctl lookup says OE would be refused for a destination a configured
+// conn covers.
+func TestLookupExplainsConfiguredRefusal(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.ch.configured = []vici.ConnInfo{siteConn()}
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.9", 10)}}
+	l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
+	if want := `would refuse OE: configured conn "gw-gw" has remote_ts 10.2.0.0/24 covering 10.2.0.10`; !strings.HasPrefix(l.Action, want) {
+		t.Errorf("action %q\nwant %q...", l.Action, want)
+	}
+	if l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.1.10")); strings.Contains(l.Action, "refuse") {
+		t.Errorf("10.2.1.10 is outside the configured conn: %q", l.Action)
+	}
+}

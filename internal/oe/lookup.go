@@ -59,6 +59,17 @@ func (e *Engine) Lookup(ctx context.Context, addr netip.Addr) Lookup {
 		}
 	}
 	e.explainInitiator(&l)
+	if l.Decision.Group.Initiates() && l.Decision.Exempt == "" && e.p.Charon != nil {
+		// As initiate does first: a configured conn covering the
+		// destination owns it.
+		if conn, why := e.configuredCollision(ctx, "", netip.Addr{}, addr); why != "" {
+			l.Details = append([]string{"instead: " + l.Action}, l.Details...)
+			l.Action = "would refuse OE: " + why
+			if conn != "" {
+				l.Action += fmt.Sprintf("; its traffic goes to conn %q's tunnel when that is up, else the failure shunt", conn)
+			}
+		}
+	}
 	l.Responder = e.explainResponder(l)
 	return l
 }
