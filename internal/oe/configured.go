@@ -76,7 +76,9 @@ func (e *Engine) configured(ctx context.Context) ([]configuredConn, error) {
 		out = append(out, parseConfigured(ci))
 	}
 	for _, sa := range sas {
-		if strings.HasPrefix(sa.Name, e.p.Prefix) {
+		// Only established SAs of a configured conn: a half-open one has
+		// no conn yet ("(unnamed)"), and may be the OE peer itself.
+		if strings.HasPrefix(sa.Name, e.p.Prefix) || sa.State != "ESTABLISHED" || sa.Name == "" || sa.Name == "(unnamed)" {
 			continue
 		}
 		c := configuredConn{name: sa.Name, live: true}

@@ -221,7 +221,11 @@ func TestConfiguredTunnelDownDropsAllow(t *testing.T) {
 func TestInitiatorRefusesPeerOfLiveConfiguredSA(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
 	r.ch.configured = []vici.ConnInfo{{Name: "rw", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "%any"}}}}
-	r.ch.sas = []vici.IKESA{{Name: "rw", RemoteID: "gw.example.test", RemoteHost: netip.MustParseAddr("198.51.100.4")}}
+	r.ch.sas = []vici.IKESA{
+		{Name: "rw", State: "ESTABLISHED", RemoteID: "gw.example.test", RemoteHost: netip.MustParseAddr("198.51.100.4")},
+		// A half-open SA has no conn yet: it may be the OE peer itself.
+		{Name: "(unnamed)", State: "CONNECTING", RemoteID: "10.2.0.10", RemoteHost: netip.MustParseAddr("192.0.2.40")},
+	}
 	gw := fqdnGateway(t, "gw.example.test.", 10, "192.0.2.40")
 	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}}
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
@@ -246,5 +250,17 @@ func TestLookupExplainsConfiguredRefusal(t *testing.T) {
 	}
 	if l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.1.10")); strings.Contains(l.Action, "refuse") {
 		t.Errorf("10.2.1.10 is outside the configured conn: %q", l.Action)
+	}
+}
+
+// The initiator's own half-open IKE_SA (no conn yet) is no configured peer.
+func TestResponderIgnoresHalfOpenSA(t *testing.T) {
+	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
+	r.ch.sas = []vici.IKESA{{Name: "(unnamed)", State: "CONNECTING", RemoteHost: netip.MustParseAddr("192.0.2.2"), RemoteID: "192.0.2.2"}}
+	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
+	r.tunnel(t, "192.0.2.1", "192.0.2.2", StateNegotiating)
+	if _, ok := r.ch.conn("obol-oe-r-192-0-2-2"); !ok {
+		t.Fatal("no responder conn for an initiator whose half-open SA is listed")
 	}
 }
