@@ -158,3 +158,21 @@ func TestChildClosedBeforeInitiateReturns(t *testing.T) {
 		t.Error("no block shunt under private")
 	}
 }
+
+// obolctl lookup for a client behind an FQDN gateway: the initiator goes to
+// the gateway's address; as responder obold would accept the client behind
+// the gateway that proves the FQDN.
+func TestLookupFQDNGatewayClient(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "gwb.example.test.", 10, "192.0.2.2")}, DNSSEC: plugins.DNSSECSecure}
+	l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
+	if !strings.Contains(l.Action, "would initiate OE to gateway @gwb.example.test (192.0.2.2)") {
+		t.Errorf("action %q", l.Action)
+	}
+	r2 := newRig(t, "clear-or-private=10.2.0.0/16", nil)
+	r2.dns.answers[netip.MustParseAddr("10.2.0.10")] = r.dns.answers[netip.MustParseAddr("10.2.0.10")]
+	l = r2.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
+	if !strings.Contains(l.Responder, "would accept it behind gateway @gwb.example.test (when it proves that identity)") {
+		t.Errorf("responder %q", l.Responder)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -215,12 +216,15 @@ func (e *Engine) explainResponder(l Lookup) string {
 	var others []string
 	for i, gw := range l.Answer.Gateways {
 		switch {
-		case self == nil && (gw.Addr == l.Addr || !gw.Addr.IsValid() && gw.FQDN != ""):
+		case self == nil && (gw.Addr == l.Addr || !gw.Addr.IsValid() && gw.FQDN != "" && (len(gw.Addrs) == 0 || slices.Contains(gw.Addrs, l.Addr))):
 			// As respond: the initiator's own reverse map names it, by
 			// address or by an @FQDN identity.
 			self = &l.Answer.Gateways[i]
 		case gw.Addr.IsValid() && gw.Addr != l.Addr:
 			others = append(others, gw.Addr.String())
+		case gw.FQDN != "" && self != &l.Answer.Gateways[i]:
+			// As delegates: an FQDN gateway by the identity it proves.
+			others = append(others, peerID(gw)+" (when it proves that identity)")
 		}
 	}
 	var parts []string
