@@ -50,7 +50,11 @@ type Gateway struct {
 	Precedence int
 	Addr       netip.Addr // the gateway's address, or invalid when FQDN is set
 	FQDN       string
-	Keys       []PublicKey
+	// Addrs are, for a gateway named by FQDN, its addresses from the FQDN's
+	// forward map (A, AAAA): where IKE goes. Empty when the name has none;
+	// an @FQDN without addresses is the queried peer speaking for itself.
+	Addrs []netip.Addr
+	Keys  []PublicKey
 	// Source is the record it came from: "TXT", "KEY", "IPSECKEY", or several
 	// joined with "+" ("IPSECKEY+TXT") when records of different types name it.
 	Source string

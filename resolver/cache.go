@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type entry struct {
 	negative bool // NXDOMAIN, NODATA or bogus: no records
 	nxdomain bool
 	dels     []delegation
+	addrs    []netip.Addr // A and AAAA answers
 	skipped  []string
 	ignored  int    // TXT records of other applications
 	reason   string // why the answer is bogus
@@ -40,6 +42,7 @@ func (e *entry) estimateSize() int {
 			n += 48 + len(k.Algorithm) + len(k.Data)
 		}
 	}
+	n += 24 * len(e.addrs)
 	for _, s := range e.skipped {
 		n += 16 + len(s)
 	}

@@ -167,3 +167,52 @@ func asAnswerTo(m, q *dns.Msg) *dns.Msg {
 	c.Question = slices.Clone(q.Question)
 	return c
 }
+
+// FuzzAddrAnswer: any answer to a gateway's A or AAAA question processes
+// without panicking, and only addresses a gateway can have get through.
+func FuzzAddrAnswer(f *testing.F) {
+	for _, rrs := range [][]string{
+		{"gw.example.test. 300 IN A 192.0.2.1", "gw.example.test. 300 IN A 192.0.2.2"},
+		{"gw.example.test. 300 IN AAAA 2001:db8::1"},
+		{"gw.example.test. 300 IN CNAME other.example.test.", "other.example.test. 60 IN A 198.51.100.1"},
+		{"gw.example.test. 300 IN A 127.0.0.1"},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion("gw.example.test.", dns.TypeA)
+		for _, s := range rrs {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				f.Fatal(err)
+			}
+			m.Answer = append(m.Answer, rr)
+		}
+		wire, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(wire)
+	}
+	cfg := Defaults()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, wire []byte) {
+		msg := new(dns.Msg)
+		if msg.Unpack(wire) != nil {
+			return
+		}
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			k := qkey{"gw.example.test.", qt}
+			e, err := processAnswer(k, asAnswerTo(msg, newQuery(k, false)), now, &cfg)
+			if err != nil {
+				continue
+			}
+			for _, a := range e.addrs {
+				if !a.IsValid() || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.Is4In6() {
+					t.Fatalf("address %s got through", a)
+				}
+			}
+			if len(e.dels) > 0 {
+				t.Fatalf("address answer produced delegations")
+			}
+		}
+	})
+}

@@ -78,7 +78,12 @@ func processAnswer(k qkey, r *dns.Msg, now time.Time, cfg *Config) (*entry, erro
 		e.nxdomain = r.Rcode == dns.RcodeNameError
 		e.expires = now.Add(clamp(negativeTTL(r), cfg.MinTTL, cfg.MaxNegativeTTL))
 	} else {
-		e.dels, e.skipped, e.ignored = parseRRs(owner, rrs)
+		switch k.qtype {
+		case dns.TypeA, dns.TypeAAAA:
+			e.addrs, e.skipped = parseAddrRRs(owner, rrs)
+		default:
+			e.dels, e.skipped, e.ignored = parseRRs(owner, rrs)
+		}
 		e.expires = now.Add(clamp(time.Duration(ttl)*time.Second, cfg.MinTTL, cfg.MaxTTL))
 	}
 	e.size = e.estimateSize()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -185,6 +186,57 @@ type delegation struct {
 	fqdn   string
 	keys   []plugins.PublicKey
 	source string
+	addrs  []netip.Addr // a gateway named by FQDN: its A and AAAA records
+}
+
+// parseAddrRRs reads the A and AAAA records of a gateway's name: the
+// addresses IKE may go to. Addresses no peer can have are skipped with the
+// reason.
+func parseAddrRRs(owner string, rrs []dns.RR) (addrs []netip.Addr, skipped []string) {
+	for _, rr := range rrs {
+		a, err := parseAddrRR(rr)
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s %s %s: %v", owner, dns.TypeToString[rr.Header().Rrtype], excerpt(rr), err))
+			continue
+		}
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs, skipped
+}
+
+// parseAddrRR is one A or AAAA record's address, if a gateway can have it.
+func parseAddrRR(rr dns.RR) (netip.Addr, error) {
+	var raw []byte
+	switch rr := rr.(type) {
+	case *dns.A:
+		raw = rr.A.To4()
+		if raw == nil {
+			return netip.Addr{}, errors.New("A record holds no IPv4 address")
+		}
+	case *dns.AAAA:
+		raw = rr.AAAA
+		if len(raw) != 16 {
+			return netip.Addr{}, errors.New("AAAA record holds no IPv6 address")
+		}
+	default:
+		return netip.Addr{}, fmt.Errorf("%s is not an address record", dns.TypeToString[rr.Header().Rrtype])
+	}
+	a, ok := netip.AddrFromSlice(raw)
+	if !ok {
+		return netip.Addr{}, errors.New("the record holds no valid address")
+	}
+	if _, isA := rr.(*dns.A); isA {
+		a = a.Unmap()
+	}
+	if a.Is4In6() {
+		return netip.Addr{}, fmt.Errorf("AAAA record holds the IPv4-mapped %s; publish an A record for IPv4", a)
+	}
+	if a.IsLoopback() || a.IsLinkLocalUnicast() {
+		return netip.Addr{}, fmt.Errorf("%s (loopback or link-local) cannot be a gateway's address", a)
+	}
+	return checkGatewayAddr(a.String())
 }
 
 // txtText joins a TXT record's character-strings (miekg/dns keeps them in

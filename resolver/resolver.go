@@ -277,15 +277,24 @@ func (r *Resolver) resolve(ctx context.Context, name string, selfAddr netip.Addr
 		}
 	}
 
-	// A gateway named without a key: its keys are KEY records at its name.
+	// A gateway named without a key: its keys are KEY records at its name
+	// (and IPSECKEY at its FQDN). A gateway named by FQDN: IKE goes to the
+	// FQDN's addresses (A, AAAA). All asked at once.
 	var need []qkey
-	for _, d := range dels {
-		if len(d.keys) > 0 {
-			continue
-		}
-		k := qkey{gatewayName(d), dns.TypeKEY}
+	add := func(k qkey) {
 		if !slices.Contains(keys, k) && !slices.Contains(need, k) {
 			need = append(need, k)
+		}
+	}
+	for _, d := range dels {
+		if len(d.keys) == 0 {
+			for _, k := range keyQuestions(d) {
+				add(k)
+			}
+		}
+		if needsAddrs(d, selfFQDN) {
+			add(qkey{d.fqdn, dns.TypeA})
+			add(qkey{d.fqdn, dns.TypeAAAA})
 		}
 	}
 	if len(need) == 0 {
@@ -302,12 +311,10 @@ func (r *Resolver) resolve(ctx context.Context, name string, selfAddr netip.Addr
 		ans.FromCache = ans.FromCache && p.cached
 	}
 	var transient error
-	for i := range dels {
-		d := &dels[i]
-		if len(d.keys) > 0 {
-			continue
-		}
-		k := qkey{gatewayName(*d), dns.TypeKEY}
+	// use takes one fetched answer into account for gateway d: its TTL,
+	// whether it may be used, its skip reasons. It returns false, with the
+	// reason recorded, when the gateway must be left out.
+	use := func(d *delegation, k qkey, what string) (*entry, bool) {
 		p := known[k]
 		gw := gatewayLabel(*d)
 		if p.e != nil {
@@ -317,40 +324,113 @@ func (r *Resolver) resolve(ctx context.Context, name string, selfAddr netip.Addr
 		switch {
 		case p.err != nil:
 			transient = cmp.Or(transient, p.err)
-			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d) has no key in its record, and looking up KEY at %s failed: %v", gw, d.source, d.prec, k.name, p.err))
-			continue
+			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d): for %s, looking up %s at %s failed: %v", gw, d.source, d.prec, what, dns.TypeToString[k.qtype], k.name, p.err))
+			return nil, false
 		case p.e.status == plugins.DNSSECBogus:
-			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d): KEY at %s did not validate (%s)", gw, d.source, d.prec, k.name, p.e.reason))
-			continue
-		case p.e.status != plugins.DNSSECSecure && r.cfg.RequireDNSSEC:
-			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d): KEY at %s is not DNSSEC-validated and require_dnssec is on", gw, d.source, d.prec, k.name))
-			continue
+			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d): for %s, %s at %s did not validate (%s)", gw, d.source, d.prec, what, dns.TypeToString[k.qtype], k.name, p.e.reason))
+			return nil, false
+		case p.e.status != plugins.DNSSECSecure && r.cfg.RequireDNSSEC && !p.e.negative:
+			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d): for %s, %s at %s is not DNSSEC-validated and require_dnssec is on", gw, d.source, d.prec, what, dns.TypeToString[k.qtype], k.name))
+			return nil, false
 		}
 		if !slices.Contains(seen, p.e) {
 			seen = append(seen, p.e)
 			ans.Skipped = append(ans.Skipped, p.e.skipped...)
 		}
-		var keys []plugins.PublicKey // not d.keys: never append to the cache's slices
-		for _, kd := range p.e.dels {
-			keys = append(keys, kd.keys...)
-		}
-		d.keys = keys
+		return p.e, true
+	}
+	for i := range dels {
+		d := &dels[i]
 		if len(d.keys) == 0 {
-			ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d) has no key in its record and %s has no usable KEY record; publish one or put the key in the record", gw, d.source, d.prec, k.name))
-			continue
+			var keys []plugins.PublicKey // not d.keys: never append to the cache's slices
+			var status []plugins.DNSSECStatus
+			ok := true
+			var asked []string
+			for _, k := range keyQuestions(*d) {
+				asked = append(asked, k.name+" has no usable "+dns.TypeToString[k.qtype]+" record")
+				e, usable := use(d, k, "its key")
+				if !usable {
+					ok = false
+					continue
+				}
+				n := len(keys)
+				for _, kd := range e.dels {
+					// At the gateway's own name: KEY records, and IPSECKEY
+					// naming no other gateway (type 0, or the name itself).
+					if kd.self || (kd.fqdn != "" && kd.fqdn == d.fqdn) {
+						keys = append(keys, kd.keys...)
+					}
+				}
+				if len(keys) > n {
+					status = append(status, e.status)
+				}
+			}
+			if len(keys) == 0 {
+				if ok {
+					ans.Skipped = append(ans.Skipped, fmt.Sprintf("gateway %s (%s, precedence %d) has no key in its record and %s; publish one or put the key in the record", gatewayLabel(*d), d.source, d.prec, strings.Join(asked, " and ")))
+				}
+				continue
+			}
+			d.keys = keys
+			for _, st := range status {
+				ans.DNSSEC = weaker(ans.DNSSEC, st)
+			}
 		}
-		ans.DNSSEC = weaker(ans.DNSSEC, p.e.status)
+		if needsAddrs(*d, selfFQDN) {
+			var addrs []netip.Addr
+			var status []plugins.DNSSECStatus
+			ok := true
+			for _, t := range []uint16{dns.TypeA, dns.TypeAAAA} {
+				e, usable := use(d, qkey{d.fqdn, t}, "its address")
+				if !usable {
+					ok = false
+					break
+				}
+				if len(e.addrs) > 0 {
+					addrs = append(addrs, e.addrs...)
+					status = append(status, e.status)
+				}
+			}
+			if !ok {
+				// Without its addresses the gateway cannot be reached, and
+				// taking the destination instead would be a guess.
+				d.keys = nil
+				continue
+			}
+			// The answer is as trustworthy as the least trusted record it
+			// uses: the gateway's address records too.
+			for _, st := range status {
+				ans.DNSSEC = weaker(ans.DNSSEC, st)
+			}
+			d.addrs = addrs
+		}
 	}
 	ans.Gateways = group(dels)
 	ans.TTL = ceilSecond(ans.TTL)
 	if transient != nil {
 		if len(ans.Gateways) == 0 {
-			return ans, fmt.Errorf("%s names gateways, but no key could be found for any: %w", name, transient)
+			return ans, fmt.Errorf("%s names gateways, but no key or address could be found for any: %w", name, transient)
 		}
-		// Retry the failed key lookups soon.
+		// Retry the failed lookups soon.
 		ans.TTL = min(ans.TTL, time.Duration(r.cfg.MinTTL))
 	}
 	return ans, nil
+}
+
+// keyQuestions are where the keys of a gateway named without one live:
+// KEY at its reverse-map name or FQDN, and IPSECKEY at its FQDN.
+func keyQuestions(d delegation) []qkey {
+	ks := []qkey{{gatewayName(d), dns.TypeKEY}}
+	if !d.addr.IsValid() {
+		ks = append(ks, qkey{d.fqdn, dns.TypeIPSECKEY})
+	}
+	return ks
+}
+
+// needsAddrs tells whether d names a gateway by FQDN whose addresses must be
+// looked up: not when the FQDN is the identity being looked up itself.
+func needsAddrs(d delegation, selfFQDN string) bool {
+	return !d.addr.IsValid() && d.fqdn != "" && d.fqdn != selfFQDN
 }
 
 // ceilSecond rounds a remaining TTL up to whole seconds, as DNS counts
@@ -425,6 +505,11 @@ func group(dels []delegation) []plugins.Gateway {
 		if g == nil {
 			g = &gw{g: plugins.Gateway{Precedence: d.prec, Addr: d.addr, FQDN: d.fqdn}}
 			order = append(order, g)
+		}
+		for _, a := range d.addrs {
+			if !slices.Contains(g.g.Addrs, a) {
+				g.g.Addrs = append(g.g.Addrs, a)
+			}
 		}
 		g.g.Precedence = min(g.g.Precedence, d.prec)
 		g.sources[slices.Index(sourceOrder, d.source)] = true

@@ -33,6 +33,9 @@ type Charon interface {
 	Initiate(ctx context.Context, ike, child string) error
 	Terminate(ctx context.Context, sel vici.SASelector) error
 	ListSAs(ctx context.Context, sel vici.SASelector) ([]vici.IKESA, error)
+	// ListConns lists charon's conns: OE keeps away from those obold does
+	// not own (name "" lists all).
+	ListConns(ctx context.Context, name string) ([]vici.ConnInfo, error)
 }
 
 // Kernel installs obold's XFRM policies (*xfrm.Installer satisfies it).
@@ -82,6 +85,13 @@ type Tunnel struct {
 	// peerKey is the key DNS gave for the peer, when it gave exactly one
 	// (with several, charon does not say which one authenticated).
 	peerKey plugins.PublicKey
+	// via is the configured conn whose tunnel this refused pair's traffic
+	// was let into; when that tunnel goes down the allow must go at once.
+	via string
+	// closed: charon reported the conn's SA down while obold still
+	// negotiated (the peer closed the CHILD_SA at once, e.g. refusing the
+	// client): up must not allow the pair's traffic past the trap.
+	closed bool
 }
 
 // Params are the engine's inputs besides its Config.
@@ -126,6 +136,10 @@ type Engine struct {
 	wg        sync.WaitGroup
 	ctx       context.Context
 	stopped   bool
+
+	// cfgMu guards cfgSet, the cached conns obold does not own.
+	cfgMu  sync.Mutex
+	cfgSet configuredSet
 }
 
 type backoff struct {
@@ -440,6 +454,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	if dec.NegotiationShunt == policy.Pass {
 		e.installShunt(ctx, t, xfrm.Allow, 0)
 	}
+	// A configured (swanctl) conn covering the destination owns it: OE
+	// must not install a more specific tunnel beside it.
+	if conn, why := e.configuredCollision(ctx, "", netip.Addr{}, pair.Dst); why != "" {
+		e.refuseConfigured(ctx, t, dec, conn, why)
+		return
+	}
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: pair.Dst})
 	e.mu.Lock()
 	t.DNSSEC, t.Method = ans.DNSSEC, ans.Method
@@ -463,17 +483,21 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	e.setState(t, StateNegotiating, "")
 	var reasons []string
 	for _, gw := range ans.Gateways {
-		if !gw.Addr.IsValid() {
-			// An @FQDN named in the destination's own reverse map is the
-			// destination speaking for itself (an end node with an FQDN
-			// identity): IKE goes to the destination's address.
-			if gw.FQDN == "" {
-				continue
-			}
-			gw.Addr = pair.Dst
+		addr, ok := e.ikeAddr(gw, pair.Dst)
+		if !ok {
+			reasons = append(reasons, "gateway "+peerID(gw)+": its addresses in DNS ("+addrList(gw.Addrs)+") hold none of a family this host has an IKE address for (address, address6 in [oe])")
+			continue
+		}
+		gw.Addr = addr
+		// Never a conn charon could take for a configured peer's, or one
+		// that would take a configured peer's place.
+		if _, why := e.configuredCollision(ctx, peerID(gw), gw.Addr, pair.Dst); why != "" {
+			reasons = append(reasons, "gateway "+gatewayName(gw)+": OE refused: "+why)
+			continue
 		}
 		e.mu.Lock()
 		t.Attempts++
+		t.closed = false
 		t.Gateway, t.KeySource = gatewayName(gw), gw.Source
 		// Known before charon is asked, so the key is there when charon's
 		// up event makes the token API look.
@@ -500,6 +524,9 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 					case <-time.After(retryPause):
 					}
 				}
+				e.mu.Lock()
+				t.closed = false
+				e.mu.Unlock()
 				ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
 				err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
 				cancel()
@@ -510,13 +537,46 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
-			e.up(ctx, t)
-			return
+			if e.up(ctx, t) {
+				return
+			}
+			err = errors.New("the peer closed the CHILD_SA as soon as it was up (it may refuse this client: see its obolctl oe list)")
 		}
 		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
 		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
 	}
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
+}
+
+// ikeAddr is where IKE goes for gw: its address; for a gateway named by
+// FQDN, its first address (from the FQDN's forward map) of our address's
+// family; for an @FQDN with no address records, the destination itself
+// (an end node speaking for itself with an FQDN identity).
+func (e *Engine) ikeAddr(gw plugins.Gateway, dst netip.Addr) (netip.Addr, bool) {
+	if gw.Addr.IsValid() {
+		return gw.Addr, true
+	}
+	if gw.FQDN == "" {
+		return netip.Addr{}, false
+	}
+	if len(gw.Addrs) == 0 {
+		return dst, true
+	}
+	// The first address of a family we have an IKE address for.
+	for _, a := range gw.Addrs {
+		if e.localFor(a).IsValid() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func addrList(as []netip.Addr) string {
+	var ss []string
+	for _, a := range as {
+		ss = append(ss, a.String())
+	}
+	return strings.Join(ss, ", ")
 }
 
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
@@ -577,8 +637,13 @@ func gatewayName(gw plugins.Gateway) string {
 
 // up: the tunnel carries the pair now. On the userspace datapath the
 // kernel's trap would still hold the pair's packets, so allow them.
-func (e *Engine) up(ctx context.Context, t *Tunnel) {
-	e.removeShunt(ctx, t)
+func (e *Engine) up(ctx context.Context, t *Tunnel) bool {
+	e.mu.Lock()
+	closed := t.closed
+	e.mu.Unlock()
+	if closed {
+		return false
+	}
 	var allows []xfrm.Policy
 	if e.p.Userspace {
 		src := netip.PrefixFrom(t.Pair.Src, t.Pair.Src.BitLen())
@@ -598,12 +663,23 @@ func (e *Engine) up(ctx context.Context, t *Tunnel) {
 	}
 	now := e.p.Now()
 	e.mu.Lock()
+	if t.closed {
+		// The SA went down while the allows went in: they must not stay,
+		// or the pair's traffic would leave in clear.
+		e.mu.Unlock()
+		for _, p := range allows {
+			_ = e.p.Kernel.Remove(ctx, p)
+		}
+		return false
+	}
 	t.State, t.Reason, t.Since = StateUp, "", now
 	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
 	t.allow = append(t.allow, allows...)
 	delete(e.backoff, t.Pair.Dst)
 	e.mu.Unlock()
+	e.removeShunt(ctx, t)
 	e.log.Info("OE tunnel up", "pair", t.Pair, "role", t.Role, "gateway", t.Gateway, "dnssec", t.DNSSEC)
+	return true
 }
 
 // fail applies the group's failure shunt for the shunt lifetime; under
@@ -695,6 +771,7 @@ var initiatingRE = regexp.MustCompile(`^(\S+) is initiating an IKE_SA$`)
 func (e *Engine) HandleEvent(ev vici.Event) {
 	switch ev.Kind {
 	case vici.EventConnected:
+		e.forgetConfigured()
 		e.resync(ev.SAs)
 	case vici.EventLog:
 		if ev.Log == nil {
@@ -709,6 +786,10 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			e.respond(a)
 		}
 	case vici.EventIKEUpDown, vici.EventChildUpDown:
+		if ev.SA != nil && !ev.Up && !strings.HasPrefix(ev.SA.Name, e.p.Prefix) {
+			e.configuredDown(ev.SA.Name)
+			return
+		}
 		if ev.SA == nil || !strings.HasPrefix(ev.SA.Name, e.p.Prefix+"oe-") {
 			return
 		}
@@ -718,7 +799,7 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			}
 			return
 		}
-		e.down(ev.SA.Name)
+		e.down(ev.SA.Name, ev.Kind == vici.EventChildUpDown)
 	}
 }
 
@@ -790,6 +871,15 @@ func (e *Engine) respond(peer netip.Addr) {
 			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
 			return
 		}
+		if _, why := e.configuredCollision(ctx, peerID(*gw), peer, netip.Addr{}); why != "" {
+			why = "OE refused: " + why + "; OE never takes a configured peer's place"
+			e.mu.Lock()
+			t.State, t.Reason, t.DNSSEC = StateFailed, "refused initiator: "+why, ans.DNSSEC
+			t.Gateway, t.KeySource = gatewayName(*gw), gw.Source
+			e.mu.Unlock()
+			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
+			return
+		}
 		// The tunnel may carry either family whatever IKE runs over (an
 		// IPv6 pair behind an IPv4 gateway): offer all our addresses and
 		// accept any initiator address of each family; charon narrows to
@@ -843,7 +933,10 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 				e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
 				continue
 			}
-			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost)
+			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost, sa.RemoteID)
+			if _, cwhy := e.configuredCollision(ctx, "", netip.Addr{}, pfx.Addr()); ok && cwhy != "" {
+				ok, why = false, "OE refused: "+cwhy
+			}
 			if !ok {
 				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
 				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
@@ -859,17 +952,45 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 	}
 }
 
-func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr) (bool, string) {
+// delegates tells whether client's reverse map names the initiator as
+// its gateway: by the address it initiated from, or by the FQDN it proved
+// as its IKE identity (provedID, as charon reports it: no '@'). An FQDN is
+// compared with the identity, never with addresses: anyone can be at an
+// address a name resolves to, only the gateway holds the name's key.
+func (e *Engine) delegates(ctx context.Context, client, gateway netip.Addr, provedID string) (bool, string) {
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: client})
 	if err != nil {
 		return false, err.Error()
 	}
+	proved := canonicalFQDN(provedID)
+	var named []string
 	for _, gw := range ans.Gateways {
-		if gw.Addr == gateway {
+		switch {
+		case gw.Addr.IsValid() && gw.Addr == gateway:
+			return true, ""
+		case gw.FQDN != "" && proved != "" && canonicalFQDN(gw.FQDN) == proved:
 			return true, ""
 		}
+		named = append(named, peerID(gw))
 	}
-	return false, fmt.Sprintf("%s's reverse map names no gateway %s", client, gateway)
+	who := gateway.String()
+	if proved != "" {
+		who += " (identity @" + proved + ")"
+	}
+	if len(named) == 0 {
+		return false, fmt.Sprintf("%s's reverse map names no gateway; it does not delegate to %s", client, who)
+	}
+	return false, fmt.Sprintf("%s's reverse map names gateway %s, not %s", client, strings.Join(named, ", "), who)
+}
+
+// canonicalFQDN is an FQDN identity in one form for comparison: lowercase,
+// without '@' and the final dot; "" for an IP identity.
+func canonicalFQDN(id string) string {
+	id = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(id, "@"), "."))
+	if _, err := netip.ParseAddr(id); err == nil {
+		return ""
+	}
+	return id
 }
 
 // responderAllow marks the responder's pair up and, on the userspace
@@ -910,14 +1031,21 @@ func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client n
 
 // down: a Delete arrived or the tunnel was closed: forget the pair in both
 // directions and unload its conn. A second Delete (crossed) finds nothing.
-func (e *Engine) down(conn string) {
+func (e *Engine) down(conn string, child bool) {
 	ctx := e.context()
 	e.mu.Lock()
 	var gone []*Tunnel
 	for pair, t := range e.tunnels {
-		if t.Conn == conn && t.State == StateUp {
+		switch {
+		case t.Conn == conn && t.State == StateUp:
 			delete(e.tunnels, pair)
 			gone = append(gone, t)
+		case child && t.Conn == conn && t.State == StateNegotiating && t.Role == "initiator":
+			// A CHILD_SA down before obold saw initiate return: up must
+			// not open the pair (initiate then applies the failure
+			// shunt). Only a CHILD_SA: a failed attempt's IKE_SA going
+			// down must not spoil the retry.
+			t.closed = true
 		}
 	}
 	e.mu.Unlock()

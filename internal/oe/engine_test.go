@@ -31,6 +31,28 @@ type fakeCharon struct {
 	terminated []vici.SASelector
 	fail       map[string]error
 	sas        []vici.IKESA
+	// onInitiate runs before Initiate returns, without the lock (charon's
+	// events can arrive before the initiate command's answer).
+	onInitiate func(ike string)
+	// configured are the conns list-conns reports besides the loaded
+	// ones; listConns counts the calls.
+	configured []vici.ConnInfo
+	listConns  int
+	listErr    error
+}
+
+func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listConns++
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	out := append([]vici.ConnInfo(nil), f.configured...)
+	for _, c := range f.conns {
+		out = append(out, vici.ConnInfo{Name: c.Name, RemoteAddrs: c.RemoteAddrs})
+	}
+	return out, nil
 }
 
 func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
@@ -46,6 +68,12 @@ func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {
 	return nil
 }
 func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+	f.mu.Lock()
+	hook := f.onInitiate
+	f.mu.Unlock()
+	if hook != nil {
+		hook(ike)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.initiated = append(f.initiated, ike)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +60,17 @@ func (e *Engine) Lookup(ctx context.Context, addr netip.Addr) Lookup {
 		}
 	}
 	e.explainInitiator(&l)
+	if l.Decision.Group.Initiates() && l.Decision.Exempt == "" && e.p.Charon != nil {
+		// As initiate does first: a configured conn covering the
+		// destination owns it.
+		if conn, why := e.configuredCollision(ctx, "", netip.Addr{}, addr); why != "" {
+			l.Details = append([]string{"instead: " + l.Action}, l.Details...)
+			l.Action = "would refuse OE: " + why
+			if conn != "" {
+				l.Action += fmt.Sprintf("; its traffic goes to conn %q's tunnel when that is up, else the failure shunt", conn)
+			}
+		}
+	}
 	l.Responder = e.explainResponder(l)
 	return l
 }
@@ -117,17 +129,16 @@ func (e *Engine) explainInitiator(l *Lookup) {
 		failVerb, failDo = "would send in clear", "sent in clear"
 	}
 	life := dec.ShuntLifetime.String()
-	// As initiate does: an @FQDN without an address is the destination
-	// speaking for itself, reached at its own address.
+	// As initiate does: an @FQDN goes to its addresses from DNS, or, with
+	// none, is the destination speaking for itself.
 	var gws []plugins.Gateway
 	unreachable := 0 // gateways of a family we have no IKE address for
 	for _, gw := range l.Answer.Gateways {
-		if !gw.Addr.IsValid() {
-			if gw.FQDN == "" {
-				continue
-			}
-			gw.Addr = l.Addr
+		addr, ok := e.ikeAddr(gw, l.Addr)
+		if !ok {
+			continue
 		}
+		gw.Addr = addr
 		if !e.localFor(gw.Addr).IsValid() {
 			unreachable++
 			continue
@@ -215,12 +226,15 @@ func (e *Engine) explainResponder(l Lookup) string {
 	var others []string
 	for i, gw := range l.Answer.Gateways {
 		switch {
-		case self == nil && (gw.Addr == l.Addr || !gw.Addr.IsValid() && gw.FQDN != ""):
+		case self == nil && (gw.Addr == l.Addr || !gw.Addr.IsValid() && gw.FQDN != "" && (len(gw.Addrs) == 0 || slices.Contains(gw.Addrs, l.Addr))):
 			// As respond: the initiator's own reverse map names it, by
 			// address or by an @FQDN identity.
 			self = &l.Answer.Gateways[i]
 		case gw.Addr.IsValid() && gw.Addr != l.Addr:
 			others = append(others, gw.Addr.String())
+		case gw.FQDN != "" && self != &l.Answer.Gateways[i]:
+			// As delegates: an FQDN gateway by the identity it proves.
+			others = append(others, peerID(gw)+" (when it proves that identity)")
 		}
 	}
 	var parts []string
