@@ -40,6 +40,9 @@ type OboldStatus struct {
 	LastError  string        `json:"last_error,omitempty"`
 	// Modules says how each module runs: "built-in" or "off".
 	Modules map[string]string `json:"modules"`
+	// HeapInUse is the Go heap occupied by objects, live or not yet
+	// collected (bytes): with RSS, what obold's state costs.
+	HeapInUse uint64 `json:"heap_in_use"`
 }
 
 // CharonStatus is what obold knows of charon.

@@ -422,6 +422,14 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
 }
 
+// pairUnique is the uniqueness policy of OE conns. Every pair to one
+// gateway has its own IKE_SA with the same identities and keys, so charon
+// takes them for duplicates: "replace" (and "no", on the INITIAL_CONTACT
+// each new IKE_SA sends) closes the older ones as soon as the next one is
+// up, and with 200 pairs to one gateway almost none stayed up. "never"
+// keeps them all (and sends no INITIAL_CONTACT).
+const pairUnique = "never"
+
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
 // keys bound to its address, the host pair as traffic selectors.
 func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici.Conn, error) {
@@ -444,7 +452,7 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 		RemoteAddrs: []string{gw.Addr.String()},
 		Mobike:      &no,
 		KeyingTries: 1,
-		Unique:      "replace",
+		Unique:      pairUnique,
 		Local:       []vici.Auth{{Auth: "pubkey", ID: e.id, Pubkeys: [][]byte{e.p.PubPEM}}},
 		Remote:      []vici.Auth{remote},
 		Children: []vici.Child{{

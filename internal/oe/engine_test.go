@@ -288,6 +288,37 @@ func TestInitiatorUp(t *testing.T) {
 	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
 }
 
+// TestPairsToOneGatewayAreNotDuplicates: many pairs behind one gateway
+// have one IKE_SA each with the same identities; their conns, initiator
+// and responder, must not let charon close them as duplicates.
+func TestPairsToOneGatewayAreNotDuplicates(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16;clear-or-private=192.0.2.0/24", nil)
+	gw := gateway(t, "192.0.2.2", 10)
+	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
+		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
+	}
+	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
+		r.tunnel(t, "10.1.0.10", dst, StateUp)
+	}
+	r.dns.answers[netip.MustParseAddr("192.0.2.3")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.3", 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.3 is initiating an IKE_SA"}})
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if _, ok := r.ch.conn("obol-oe-r-192-0-2-3"); ok {
+			break
+		}
+	}
+	for _, name := range []string{"obol-oe-10-1-0-10-10-2-0-10", "obol-oe-10-1-0-10-10-2-0-11", "obol-oe-10-1-0-10-10-2-0-12", "obol-oe-r-192-0-2-3"} {
+		c, ok := r.ch.conn(name)
+		if !ok {
+			t.Fatalf("conn %s not loaded: %v", name, r.ch.conns)
+		}
+		if c.Unique != "never" {
+			t.Errorf("conn %s: unique = %q, want never (charon would close the other pairs' IKE_SAs as duplicates)", name, c.Unique)
+		}
+	}
+}
+
 func TestOwnAddressesExempt(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.99.1", 0)) // one of the host's own addresses
