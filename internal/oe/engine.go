@@ -96,8 +96,12 @@ type Params struct {
 	KeyPEM, PubPEM []byte
 	// LocalAddrs are this host's own addresses: OE never applies to them.
 	LocalAddrs []netip.Addr
-	Log        *slog.Logger
-	Now        func() time.Time
+	// MaxInitiates is how many initiates the engine runs at once; more
+	// would only queue inside the VICI client, where the wait would eat
+	// into ike_timeout. Default vici.DefaultMaxControlCalls (the client's).
+	MaxInitiates int
+	Log          *slog.Logger
+	Now          func() time.Time
 }
 
 // Engine runs OE. All methods are safe for concurrent use.
@@ -120,6 +124,9 @@ type Engine struct {
 	wg        sync.WaitGroup
 	ctx       context.Context
 	stopped   bool
+	// initiating holds one token per initiate in progress (MaxInitiates):
+	// ike_timeout starts once one is held.
+	initiating chan struct{}
 }
 
 type backoff struct {
@@ -143,7 +150,11 @@ func New(cfg Config, p Params) (*Engine, error) {
 	if p.Band == (xfrm.Band{}) {
 		p.Band = xfrm.DefaultBand
 	}
-	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
+	if p.MaxInitiates <= 0 {
+		p.MaxInitiates = vici.DefaultMaxControlCalls
+	}
+	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
+		initiating: make(chan struct{}, p.MaxInitiates)}
 	e.id = cfg.Identity
 	if e.id == "" {
 		e.id = cfg.Address
@@ -403,9 +414,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 					case <-time.After(retryPause):
 					}
 				}
-				ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
-				err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
-				cancel()
+				err = e.initiateOne(ctx, t.Conn)
 				if err == nil || ctx.Err() != nil {
 					break
 				}
@@ -429,6 +438,22 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 // up, and with 200 pairs to one gateway almost none stayed up. "never"
 // keeps them all (and sends no INITIAL_CONTACT).
 const pairUnique = "never"
+
+// initiateOne runs one initiate once a slot is free, with ike_timeout
+// counted from then: 200 setups at once queue here, not inside the VICI
+// client, where the wait counted against ike_timeout and the last ones
+// failed after a fraction of it.
+func (e *Engine) initiateOne(ctx context.Context, conn string) error {
+	select {
+	case e.initiating <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-e.initiating }()
+	ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
+	defer cancel()
+	return e.p.Charon.Initiate(ictx, conn, "oe")
+}
 
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
 // keys bound to its address, the host pair as traffic selectors.

@@ -31,6 +31,9 @@ type fakeCharon struct {
 	terminated []vici.SASelector
 	fail       map[string]error
 	sas        []vici.IKESA
+	// slots, if set, bounds concurrent initiates; each takes takes.
+	slots chan struct{}
+	takes time.Duration
 }
 
 func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
@@ -45,7 +48,22 @@ func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {
 	delete(f.conns, n)
 	return nil
 }
-func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+func (f *fakeCharon) Initiate(ctx context.Context, ike, child string) error {
+	if f.slots != nil {
+		// Like the VICI client: a bounded number of initiates at once,
+		// the wait counted against ctx.
+		select {
+		case f.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { <-f.slots }()
+		select {
+		case <-time.After(f.takes):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.initiated = append(f.initiated, ike)
@@ -315,6 +333,27 @@ func TestPairsToOneGatewayAreNotDuplicates(t *testing.T) {
 		}
 		if c.Unique != "never" {
 			t.Errorf("conn %s: unique = %q, want never (charon would close the other pairs' IKE_SAs as duplicates)", name, c.Unique)
+		}
+	}
+}
+
+// TestQueuedInitiatesKeepTheirIKETimeout: 12 setups at once, 4 initiates
+// at a time taking 60 ms each, ike_timeout 150 ms: the ones that wait
+// behind others still get their whole ike_timeout, so all come up.
+func TestQueuedInitiatesKeepTheirIKETimeout(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", func(c *Config) { c.IKETimeout = Duration(150 * time.Millisecond) })
+	r.ch.slots, r.ch.takes = make(chan struct{}, 4), 60*time.Millisecond
+	gw := gateway(t, "192.0.2.2", 10)
+	var dsts []string
+	for i := range 12 {
+		dst := fmt.Sprintf("10.2.0.%d", 10+i)
+		dsts = append(dsts, dst)
+		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
+	}
+	for _, dst := range dsts {
+		if tu := r.tunnel(t, "10.1.0.10", dst, StateUp); tu.Attempts != 1 {
+			t.Errorf("%s came up after %d attempts, want 1", dst, tu.Attempts)
 		}
 	}
 }
