@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -112,21 +113,29 @@ cidrs = ["192.0.2.0/24"]
 	}
 	var oeTime, baseTime, pacedTime time.Duration
 	var oboldRSS, oboldHeap, charonRSS int64
+	// CPU time on hosta: obold's and charon's during OE, charon's in the
+	// baseline (where the time goes on these shared cores).
+	var oboldCPU, charonOECPU, charonBaseCPU, charonPacedCPU time.Duration
 	for i := 0; i < b.N; i++ {
 		restartCharons()
-		d, grew := bench200Baseline(b, ctx, ha, gwb, ka, kb, dsts, false)
+		d, grew, cpu := bench200Baseline(b, ctx, ha, gwb, ka, kb, dsts, false)
 		baseTime += d
 		charonRSS += grew
+		charonBaseCPU += cpu
 		restartCharons()
-		d, _ = bench200Baseline(b, ctx, ha, gwb, ka, kb, dsts, true)
+		d, _, cpu = bench200Baseline(b, ctx, ha, gwb, ka, kb, dsts, true)
 		pacedTime += d
+		charonPacedCPU += cpu
 
 		restartCharons()
 		oa := startObold(b, ha, hostaOE)
 		ob := startObold(b, gwb, gwbOE)
 		rss0, heap0 := oboldMemory(b, oa)
+		cpu0, ccpu0 := cpuTime(b, oa.proc.PID), cpuTime(b, ha.Charon().PID)
 		d = probeAll(b, ctx, ha, "192.0.2.11", dsts, 7000, func() string { return oeSummary(oa.oeList()) })
 		oeTime += d
+		oboldCPU += cpuTime(b, oa.proc.PID) - cpu0
+		charonOECPU += cpuTime(b, ha.Charon().PID) - ccpu0
 		rss1, heap1 := oboldMemory(b, oa)
 		oboldRSS += rss1 - rss0
 		oboldHeap += heap1 - heap0
@@ -159,6 +168,11 @@ cidrs = ["192.0.2.0/24"]
 	b.ReportMetric(perTunnel(oboldHeap)/1024, "obold-heap-KiB/tunnel")
 	b.ReportMetric(perTunnel(charonRSS), "charon-KiB/tunnel")
 	b.ReportMetric(float64(oboldRSS)/float64(charonRSS), "obold/charon")
+	cpuPer := func(total time.Duration) float64 { return float64(total.Microseconds()) / 1000 / n / bench200Peers }
+	b.ReportMetric(cpuPer(oboldCPU), "obold-cpu-ms/tunnel")
+	b.ReportMetric(cpuPer(charonOECPU), "charon-oe-cpu-ms/tunnel")
+	b.ReportMetric(cpuPer(charonBaseCPU), "charon-base-cpu-ms/tunnel")
+	b.ReportMetric(cpuPer(charonPacedCPU), "charon-paced-cpu-ms/tunnel")
 }
 
 // oeConfig200 is [oe] for hosta as an end host (no protected LAN).
@@ -179,7 +193,7 @@ require_dnssec = true
 // blocking initiates, at most 4 running, as obold's VICI client does) and
 // waits until every destination echoes. It returns that time and how much hosta's
 // charon RSS grew (KiB) from before the initiates to all up.
-func bench200Baseline(b *testing.B, ctx context.Context, ha, gwb *lab.Node, ka, kb oeKey, dsts []netip.Addr, paced bool) (time.Duration, int64) {
+func bench200Baseline(b *testing.B, ctx context.Context, ha, gwb *lab.Node, ka, kb oeKey, dsts []netip.Addr, paced bool) (time.Duration, int64, time.Duration) {
 	b.Helper()
 	pubA, pubB := publicPEM(b, ka), publicPEM(b, kb)
 	never, no := "never", false
@@ -227,7 +241,7 @@ func bench200Baseline(b *testing.B, ctx context.Context, ha, gwb *lab.Node, ka, 
 	}})
 
 	charon := ha.Charon()
-	before := rssOf(b, charon.PID)
+	before, cpu0 := rssOf(b, charon.PID), cpuTime(b, charon.PID)
 	start := time.Now()
 	if paced {
 		// What obold does: blocking initiates, at most
@@ -267,9 +281,27 @@ func bench200Baseline(b *testing.B, ctx context.Context, ha, gwb *lab.Node, ka, 
 		}
 	}
 	d := probeFrom(b, ctx, ha, "192.0.2.11", dsts, 7000, start, func() string { return swanctl(b, ha, "--stats") })
-	grew := rssOf(b, charon.PID) - before
+	grew, cpu := rssOf(b, charon.PID)-before, cpuTime(b, charon.PID)-cpu0
 	checkCarried(b, ctx, ha, "bench-", len(dsts))
-	return d, grew
+	return d, grew, cpu
+}
+
+// cpuTime is a process's user plus system CPU time (/proc/PID/stat fields
+// 14 and 15, in clock ticks of 10 ms).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which may hold spaces: state is 3.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	utime, err1 := strconv.Atoi(f[11])
+	stime, err2 := strconv.Atoi(f[12])
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // publicPEM is the PKIX public key of an RSA test key, as charon's
