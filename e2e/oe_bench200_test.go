@@ -41,13 +41,16 @@ var bench200Prefix = netip.MustParsePrefix("10.2.1.0/24")
 // Baseline: the same 200 host pairs as conns already loaded in charon (same
 // keys, identities, peers and selectors, unique = never like OE's), all
 // initiated at once (asynchronous VICI initiates), timed the same way: from
-// the first initiate to the last echoed probe.
+// the first initiate to the last echoed probe. The paced baseline initiates
+// them as obold does: blocking VICI initiates, 4 at a time.
 //
-// Metrics: oe-tunnels/s and baseline-tunnels/s (200 / seconds to all up),
-// oe/baseline (their ratio: 1 means as fast as charon alone); memory per
-// tunnel on hosta: obold's RSS and Go heap growth (obold-KiB/tunnel,
-// obold-heap-KiB/tunnel) against charon's own RSS growth in the baseline
-// (charon-KiB/tunnel), and their ratio obold/charon.
+// Metrics: oe-tunnels/s, baseline-tunnels/s and paced-tunnels/s (200 /
+// seconds to all up), oe/baseline and oe/paced (ratios of those rates: 1
+// means as fast as charon alone); memory per tunnel on hosta: obold's RSS
+// and Go heap growth (obold-KiB/tunnel, obold-heap-KiB/tunnel) against
+// charon's own RSS growth in the baseline (charon-KiB/tunnel), and their
+// ratio obold/charon; CPU time per tunnel of obold and of charon in each
+// phase (*-cpu-ms/tunnel).
 //
 // Each iteration restarts both charons (fresh processes: nothing left from
 // the previous phase), so one iteration is the intended run (-benchtime 1x).
