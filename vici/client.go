@@ -13,6 +13,9 @@ import (
 	govici "github.com/strongswan/govici/vici"
 )
 
+// DefaultMaxControlCalls is Options.MaxControlCalls when not set.
+const DefaultMaxControlCalls = 4
+
 // Options tune a Client or an EventStream. Zero values take the defaults.
 type Options struct {
 	// Logger receives the client's own logs; nil means slog.Default().
@@ -41,7 +44,7 @@ func (o Options) withDefaults() Options {
 		o.CallTimeout = 10 * time.Second
 	}
 	if o.MaxControlCalls <= 0 {
-		o.MaxControlCalls = 4
+		o.MaxControlCalls = DefaultMaxControlCalls
 	}
 	if o.EventBuffer <= 0 {
 		o.EventBuffer = 256

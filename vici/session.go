@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
+	"time"
 
 	govici "github.com/strongswan/govici/vici"
 )
@@ -29,7 +31,7 @@ type session struct {
 func dial(ctx context.Context, path string, window int) (*session, error) {
 	var fc *frameConn
 	dialer := func(_ context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		c, err := dialWaiting(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -41,6 +43,28 @@ func dial(ctx context.Context, path string, window int) (*session, error) {
 		return nil, err
 	}
 	return &session{gs: gs, fc: fc}, nil
+}
+
+// dialWaiting connects, waiting while the listener's backlog is full.
+// charon listens on its VICI socket with a backlog of 3 and accepts from a
+// job that waits for a free worker thread; Go's non-blocking connect to a
+// full unix socket fails at once with EAGAIN instead of queueing. With 200
+// OE setups at once (four initiates, each on its own connection, while
+// charon was busy) that failed initiates as "charon is not answering".
+func dialWaiting(ctx context.Context, network, addr string) (net.Conn, error) {
+	pause := time.Millisecond
+	for {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 20*time.Millisecond)
+	}
 }
 
 // close ends the session and waits for frameConn's reader (govici's own

@@ -962,3 +962,46 @@ func TestLabIPv6(t *testing.T) {
 		t.Errorf("DNSServer6 %v", l.DNSServer6())
 	}
 }
+
+// TestAddHostsBehind: extra hosts behind gwb answer from the internet side
+// (routes everywhere, the addresses on bob), and bad arguments say what is
+// wrong without changing anything.
+func TestAddHostsBehind(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := Start(ctx, Options{Charon: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAndCheck(t, l)
+	for _, bad := range []struct {
+		gw     string
+		prefix string
+		n      int
+		want   string
+	}{
+		{HostA, "10.2.1.0/24", 3, "not a gateway"},
+		{GWB, "10.2.0.128/25", 3, "overlaps"},
+		{GWB, "10.2.1.0/30", 3, "do not fit"},
+		{GWB, "10.2.1.0/24", 0, "do not fit"},
+	} {
+		if _, err := l.AddHostsBehind(ctx, bad.gw, netip.MustParsePrefix(bad.prefix), bad.n); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("AddHostsBehind(%s, %s, %d): %v, want %q", bad.gw, bad.prefix, bad.n, err, bad.want)
+		}
+	}
+	addrs, err := l.AddHostsBehind(ctx, GWB, netip.MustParsePrefix("10.2.1.0/24"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != 3 || addrs[0].String() != "10.2.1.1" || addrs[2].String() != "10.2.1.3" {
+		t.Fatalf("addresses %v", addrs)
+	}
+	for _, from := range []string{HostA, GWA, Alice} {
+		for _, a := range addrs {
+			if out, err := l.Node(from).Exec(ctx, "ping", "-c", "1", "-W", "2", a.String()); err != nil {
+				t.Errorf("%s cannot reach %s: %v\n%s", from, a, err, out)
+			}
+		}
+	}
+}

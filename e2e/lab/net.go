@@ -230,6 +230,66 @@ func (l *Lab) RouteHostPairWorkaround(ctx context.Context) error {
 	return l.workaroundErr
 }
 
+// AddHostsBehind puts more hosts behind gateway gw (GWA or GWB): the first
+// n addresses of prefix go on the gateway's inside host (alice or bob) as
+// extra addresses, the gateway routes prefix to that host, and every other
+// node on the internet (hosta, hostb, dns, the other gateway) routes prefix
+// via the gateway. It returns the addresses, in order. For /32<->/32
+// CHILD_SAs to those hosts on strongSwan 5.9.8 it also applies, for the
+// whole prefix, what RouteHostPairWorkaround does for alice and bob (each
+// address on the gateway's lo, one rule sending traffic for prefix through
+// the main table); that workaround is applied too. prefix must be IPv4 and
+// overlap none of the lab's networks; call it once per prefix.
+func (l *Lab) AddHostsBehind(ctx context.Context, gw string, prefix netip.Prefix, n int) ([]netip.Addr, error) {
+	inside := map[string]string{GWA: Alice, GWB: Bob}[gw]
+	if inside == "" {
+		return nil, fmt.Errorf("AddHostsBehind: %q is not a gateway; use lab.GWA or lab.GWB", gw)
+	}
+	prefix = prefix.Masked()
+	if !prefix.Addr().Is4() || prefix.Bits() > 30 {
+		return nil, fmt.Errorf("AddHostsBehind: %s: give an IPv4 prefix of at most /30", prefix)
+	}
+	for _, used := range []netip.Prefix{LANA, LANB, InetNet} {
+		if used.Overlaps(prefix) {
+			return nil, fmt.Errorf("AddHostsBehind: %s overlaps the lab's %s; pick another prefix, e.g. 10.2.1.0/24", prefix, used)
+		}
+	}
+	if size := 1<<(32-prefix.Bits()) - 2; n < 1 || n > size {
+		return nil, fmt.Errorf("AddHostsBehind: %d hosts do not fit in %s (1 to %d)", n, prefix, size)
+	}
+	if err := l.RouteHostPairWorkaround(ctx); err != nil {
+		return nil, err
+	}
+	addrs := make([]netip.Addr, n)
+	var host, gate strings.Builder
+	a := prefix.Addr()
+	for i := range addrs {
+		a = a.Next()
+		addrs[i] = a
+		fmt.Fprintf(&host, "addr add %s/32 dev %s\n", a, LANIf)
+		fmt.Fprintf(&gate, "addr add %s/32 dev lo\n", a)
+	}
+	gwNode, in := l.Node(gw), l.Node(inside)
+	fmt.Fprintf(&gate, "route add %s via %s\n", prefix, in.Addr)
+	fmt.Fprintf(&gate, "rule add pref 10 to %s lookup main\n", prefix)
+	batches := map[*Node]string{in: host.String(), gwNode: gate.String()}
+	for _, name := range []string{GWA, GWB, HostA, HostB, DNS} {
+		if name != gw {
+			batches[l.Node(name)] = fmt.Sprintf("route add %s via %s\n", prefix, gwNode.Addr)
+		}
+	}
+	var errs []error
+	for node, lines := range batches {
+		if err := l.runRoot(ctx, lines, l.tools.path("ip"), "-n", node.NS, "-batch", "-"); err != nil {
+			errs = append(errs, fmt.Errorf("AddHostsBehind %s on %s: %w", prefix, node.Name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return addrs, nil
+}
+
 // runRoot runs a command in the root namespace (through the lab's spawner,
 // so it is tracked and dies with the lab), feeding stdin.
 func (l *Lab) runRoot(ctx context.Context, stdin string, argv ...string) error {

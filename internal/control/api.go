@@ -41,6 +41,9 @@ type OboldStatus struct {
 	// Modules says how each module runs: "built-in", "off", or what the
 	// module describes (a plugin: its path, pid and restarts).
 	Modules map[string]string `json:"modules"`
+	// HeapInUse is the Go heap occupied by objects, live or not yet
+	// collected (bytes): with RSS, what obold's state costs.
+	HeapInUse uint64 `json:"heap_in_use"`
 }
 
 // CharonStatus is what obold knows of charon.

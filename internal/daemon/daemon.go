@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -542,7 +543,19 @@ func (d *Daemon) Status(ctx context.Context) control.Status {
 		s.Obold.OwnedConns = append(s.Obold.OwnedConns, name)
 	}
 	slices.Sort(s.Obold.OwnedConns)
+	s.Obold.HeapInUse = heapInUse()
 	return s
+}
+
+// heapInUse reads the Go heap's object bytes without stopping the world
+// (runtime.ReadMemStats would).
+func heapInUse() uint64 {
+	m := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(m)
+	if m[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return m[0].Value.Uint64()
 }
 
 func (d *Daemon) connected() bool {

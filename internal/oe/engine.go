@@ -110,8 +110,12 @@ type Params struct {
 	KeyPEM, PubPEM []byte
 	// LocalAddrs are this host's own addresses: OE never applies to them.
 	LocalAddrs []netip.Addr
-	Log        *slog.Logger
-	Now        func() time.Time
+	// MaxInitiates is how many initiates the engine runs at once; more
+	// would only queue inside the VICI client, where the wait would eat
+	// into ike_timeout. Default vici.DefaultMaxControlCalls (the client's).
+	MaxInitiates int
+	Log          *slog.Logger
+	Now          func() time.Time
 }
 
 // Engine runs OE. All methods are safe for concurrent use.
@@ -140,6 +144,9 @@ type Engine struct {
 	// cfgMu guards cfgSet, the cached conns obold does not own.
 	cfgMu  sync.Mutex
 	cfgSet configuredSet
+	// initiating holds one token per initiate in progress (MaxInitiates):
+	// ike_timeout starts once one is held.
+	initiating chan struct{}
 }
 
 type backoff struct {
@@ -163,7 +170,11 @@ func New(cfg Config, p Params) (*Engine, error) {
 	if p.Band == (xfrm.Band{}) {
 		p.Band = xfrm.DefaultBand
 	}
-	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
+	if p.MaxInitiates <= 0 {
+		p.MaxInitiates = vici.DefaultMaxControlCalls
+	}
+	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
+		initiating: make(chan struct{}, p.MaxInitiates)}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -527,9 +538,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 				e.mu.Lock()
 				t.closed = false
 				e.mu.Unlock()
-				ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
-				err = e.p.Charon.Initiate(ictx, t.Conn, "oe")
-				cancel()
+				err = e.initiateOne(ctx, t.Conn)
 				if err == nil || ctx.Err() != nil {
 					break
 				}
@@ -579,6 +588,30 @@ func addrList(as []netip.Addr) string {
 	return strings.Join(ss, ", ")
 }
 
+// pairUnique is the uniqueness policy of OE conns. Every pair to one
+// gateway has its own IKE_SA with the same identities and keys, so charon
+// takes them for duplicates: "replace" (and "no", on the INITIAL_CONTACT
+// each new IKE_SA sends) closes the older ones as soon as the next one is
+// up, and with 200 pairs to one gateway almost none stayed up. "never"
+// keeps them all (and sends no INITIAL_CONTACT).
+const pairUnique = "never"
+
+// initiateOne runs one initiate once a slot is free, with ike_timeout
+// counted from then: 200 setups at once queue here, not inside the VICI
+// client, where the wait counted against ike_timeout and the last ones
+// failed after a fraction of it.
+func (e *Engine) initiateOne(ctx context.Context, conn string) error {
+	select {
+	case e.initiating <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-e.initiating }()
+	ictx, cancel := context.WithTimeout(ctx, time.Duration(e.cfg.IKETimeout))
+	defer cancel()
+	return e.p.Charon.Initiate(ictx, conn, "oe")
+}
+
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
 // keys bound to its address, the host pair as traffic selectors.
 func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici.Conn, error) {
@@ -607,7 +640,7 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 		RemoteAddrs: []string{gw.Addr.String()},
 		Mobike:      &no,
 		KeyingTries: 1,
-		Unique:      "replace",
+		Unique:      pairUnique,
 		Local:       []vici.Auth{{Auth: "pubkey", ID: e.idFor(local), Pubkeys: [][]byte{e.p.PubPEM}}},
 		Remote:      []vici.Auth{remote},
 		Children: []vici.Child{{

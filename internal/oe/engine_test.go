@@ -39,6 +39,9 @@ type fakeCharon struct {
 	configured []vici.ConnInfo
 	listConns  int
 	listErr    error
+	// slots, if set, bounds concurrent initiates; each takes takes.
+	slots chan struct{}
+	takes time.Duration
 }
 
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
@@ -67,7 +70,22 @@ func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {
 	delete(f.conns, n)
 	return nil
 }
-func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
+func (f *fakeCharon) Initiate(ctx context.Context, ike, child string) error {
+	if f.slots != nil {
+		// Like the VICI client: a bounded number of initiates at once,
+		// the wait counted against ctx.
+		select {
+		case f.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { <-f.slots }()
+		select {
+		case <-time.After(f.takes):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	hook := f.onInitiate
 	f.mu.Unlock()
@@ -314,6 +332,58 @@ func TestInitiatorUp(t *testing.T) {
 	}
 	// A crossed second Delete finds nothing and changes nothing.
 	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+}
+
+// TestPairsToOneGatewayAreNotDuplicates: many pairs behind one gateway
+// have one IKE_SA each with the same identities; their conns, initiator
+// and responder, must not let charon close them as duplicates.
+func TestPairsToOneGatewayAreNotDuplicates(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16;clear-or-private=192.0.2.0/24", nil)
+	gw := gateway(t, "192.0.2.2", 10)
+	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
+		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
+	}
+	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
+		r.tunnel(t, "10.1.0.10", dst, StateUp)
+	}
+	r.dns.answers[netip.MustParseAddr("192.0.2.3")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.3", 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.3 is initiating an IKE_SA"}})
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if _, ok := r.ch.conn("obol-oe-r-192-0-2-3"); ok {
+			break
+		}
+	}
+	for _, name := range []string{"obol-oe-10-1-0-10-10-2-0-10", "obol-oe-10-1-0-10-10-2-0-11", "obol-oe-10-1-0-10-10-2-0-12", "obol-oe-r-192-0-2-3"} {
+		c, ok := r.ch.conn(name)
+		if !ok {
+			t.Fatalf("conn %s not loaded: %v", name, r.ch.conns)
+		}
+		if c.Unique != "never" {
+			t.Errorf("conn %s: unique = %q, want never (charon would close the other pairs' IKE_SAs as duplicates)", name, c.Unique)
+		}
+	}
+}
+
+// TestQueuedInitiatesKeepTheirIKETimeout: 12 setups at once, 4 initiates
+// at a time taking 60 ms each, ike_timeout 150 ms: the ones that wait
+// behind others still get their whole ike_timeout, so all come up.
+func TestQueuedInitiatesKeepTheirIKETimeout(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", func(c *Config) { c.IKETimeout = Duration(150 * time.Millisecond) })
+	r.ch.slots, r.ch.takes = make(chan struct{}, 4), 60*time.Millisecond
+	gw := gateway(t, "192.0.2.2", 10)
+	var dsts []string
+	for i := range 12 {
+		dst := fmt.Sprintf("10.2.0.%d", 10+i)
+		dsts = append(dsts, dst)
+		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
+	}
+	for _, dst := range dsts {
+		if tu := r.tunnel(t, "10.1.0.10", dst, StateUp); tu.Attempts != 1 {
+			t.Errorf("%s came up after %d attempts, want 1", dst, tu.Attempts)
+		}
+	}
 }
 
 func TestOwnAddressesExempt(t *testing.T) {
