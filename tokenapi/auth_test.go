@@ -32,6 +32,7 @@ func TestDeriveAuthMethod(t *testing.T) {
 		{"pinned raw key", Peer{Evidence: Evidence{ConnClass: "public key", PinnedKey: true, TrustedCertDN: "moon"}}, wire.AuthPresharedKey, "", ""},
 		{"ca verified inline", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCADN: "C=CH, CN=CA", PeerCertDN: "CN=moon"}}, wire.AuthPKIXInline, "CN=moon", "C=CH, CN=CA"},
 		{"ca verified fetched", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCADN: "CN=CA", PeerCertDN: "CN=moon", Fetched: true}}, wire.AuthPKIXOffline, "CN=moon", "CN=CA"},
+		{"trusted end cert chained to a CA", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCertDN: "CN=moon", TrustedCADN: "CN=CA"}}, wire.AuthPKIXTrusted, "CN=moon", ""},
 		{"trusted end cert", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCertDN: "CN=moon"}}, wire.AuthPKIXTrusted, "CN=moon", ""},
 		{"signature from log, no trust evidence", Peer{Evidence: Evidence{LogMethod: "RSA_EMSA_PKCS1_SHA2_256"}}, wire.AuthNone, "", ""},
 		{"ed25519 log with CA", Peer{Evidence: Evidence{LogMethod: "ED25519", TrustedCADN: "CN=CA"}}, wire.AuthPKIXInline, "", "CN=CA"},

@@ -32,6 +32,7 @@ type fakeCharon struct {
 	down    bool
 	plugins []string
 	refuse  map[string]string // child -> the notify charon reports
+	certs   []vici.Cert       // list-certs; Subject filters X.509 entries too
 }
 
 func newFake() *fakeCharon {
@@ -97,6 +98,18 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 	}
 	return out, f.rec("list-sas")
 }
+func (f *fakeCharon) ListCerts(_ context.Context, filter vici.CertFilter) ([]vici.Cert, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []vici.Cert
+	for _, c := range f.certs {
+		if (filter.Type == "" || filter.Type == "ANY" || filter.Type == c.Type) && (filter.Subject == "" || filter.Subject == c.Subject) {
+			out = append(out, c)
+		}
+	}
+	return out, f.rec("list-certs")
+}
+
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
