@@ -1,0 +1,364 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/obol-ipsec/obol/e2e/lab"
+	"github.com/obol-ipsec/obol/tokenapi"
+	"github.com/obol-ipsec/obol/tokenapi/client"
+	tokenwire "github.com/obol-ipsec/obol/tokenapi/wire"
+)
+
+// pkiTool runs strongswan-pki (a file tool: no namespace needed) and
+// returns its stdout.
+func pkiTool(t *testing.T, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command("pki", args...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		stderr := ""
+		if errors.As(err, &ee) {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("pki %v: %v\n%s", args, err, stderr)
+	}
+	return out
+}
+
+// pemDER returns the DER of the first PEM block in file.
+func pemDER(t *testing.T, file string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM block", file)
+	}
+	return blk.Bytes
+}
+
+const (
+	dnA  = "C=CH, O=obol, CN=hosta"
+	dnB  = "C=CH, O=obol, CN=hostb"
+	dnCA = "C=CH, O=obol, CN=obol test CA"
+)
+
+// authCreds are the keys and certificates of one test run: hosta has an
+// RSA key, hostb an Ed25519 key, both certified by an Ed25519 CA.
+type authCreds struct {
+	caCrt, aCrt, bCrt, aPub, bPub, aKey, bKey string
+	keyA, keyB                                tokenapi.PublicKey // as the token API must report them
+}
+
+func makeAuthCreds(t *testing.T) authCreds {
+	dir := t.TempDir()
+	w := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	var c authCreds
+	caKey := w("ca.key", pkiTool(t, "--gen", "--type", "ed25519", "--outform", "pem"))
+	c.caCrt = w("ca.crt", pkiTool(t, "--self", "--in", caKey, "--dn", dnCA, "--ca", "--outform", "pem"))
+	c.aKey = w("a.key", pkiTool(t, "--gen", "--type", "rsa", "--size", "2048", "--outform", "pem"))
+	c.bKey = w("b.key", pkiTool(t, "--gen", "--type", "ed25519", "--outform", "pem"))
+	c.aCrt = w("a.crt", pkiTool(t, "--issue", "--type", "priv", "--in", c.aKey, "--cacert", c.caCrt, "--cakey", caKey, "--dn", dnA, "--san", "192.0.2.11", "--outform", "pem"))
+	c.bCrt = w("b.crt", pkiTool(t, "--issue", "--type", "priv", "--in", c.bKey, "--cacert", c.caCrt, "--cakey", caKey, "--dn", dnB, "--san", "192.0.2.12", "--outform", "pem"))
+	c.aPub = w("a.pub", pkiTool(t, "--pub", "--in", c.aKey, "--outform", "pem"))
+	c.bPub = w("b.pub", pkiTool(t, "--pub", "--in", c.bKey, "--outform", "pem"))
+	var err error
+	if c.keyA, err = tokenapi.KeyFromSPKI(pemDER(t, c.aPub)); err != nil {
+		t.Fatal(err)
+	}
+	if c.keyB, err = tokenapi.KeyFromSPKI(pemDER(t, c.bPub)); err != nil {
+		t.Fatal(err)
+	}
+	if c.keyA.Algorithm != "rsa" || c.keyB.Algorithm != "ed25519" {
+		t.Fatalf("test keys: %s and %s, want rsa and ed25519", c.keyA.Algorithm, c.keyB.Algorithm)
+	}
+	return c
+}
+
+// swanctlPubkeyHosts is a host-to-host conn "hh" authenticated with public
+// keys; localAuth/remoteAuth are the rounds' key or certificate options.
+func swanctlPubkeyHosts(local, remote, localID, remoteID, localAuth, remoteAuth string) string {
+	return fmt.Sprintf(`connections {
+  hh {
+    version = 2
+    local_addrs = %[1]s
+    remote_addrs = %[2]s
+    local {
+      auth = pubkey
+      id = "%[3]s"
+      %[5]s
+    }
+    remote {
+      auth = pubkey
+      id = "%[4]s"
+      %[6]s
+    }
+    children {
+      host {
+        local_ts = %[1]s/32
+        remote_ts = %[2]s/32
+        esp_proposals = aes256gcm16
+      }
+    }
+  }
+}
+`, local, remote, localID, remoteID, localAuth, remoteAuth)
+}
+
+// authEnd is one end of the tunnel with a token API client and the TCP
+// connections made so far.
+type authEnd struct {
+	node  *lab.Node
+	token *client.Client
+}
+
+// TestTokenAPIAuth: swanctl tunnels authenticated with raw public keys
+// and with X.509 certificates; at both ends the iToken tells the right
+// authenticationMethod, DNs, pubKeyID, remote id, and the same
+// channelBinding; it stays the same across IKE and CHILD_SA rekeying,
+// re-authentication and a second TCP connection.
+func TestTokenAPIAuth(t *testing.T) {
+	creds := makeAuthCreds(t)
+	type want struct {
+		method       tokenwire.AuthMethod
+		remoteID     string
+		certDN, caDN string
+		peerKey      tokenapi.PublicKey
+	}
+	tests := []struct {
+		name   string
+		confA  string
+		confB  string
+		wantA  want // what hosta learns of hostb
+		wantB  want
+		auditA string // must appear in hosta's iToken audit
+	}{
+		{
+			// Raw keys pinned in the conn: out-of-band trust for one peer,
+			// reported as PRESHAREDKEY with the key's pubKeyID.
+			name:   "raw keys",
+			confA:  swanctlPubkeyHosts("192.0.2.11", "192.0.2.12", "192.0.2.11", "192.0.2.12", "pubkeys = "+creds.aPub, "pubkeys = "+creds.bPub),
+			confB:  swanctlPubkeyHosts("192.0.2.12", "192.0.2.11", "192.0.2.12", "192.0.2.11", "pubkeys = "+creds.bPub, "pubkeys = "+creds.aPub),
+			wantA:  want{method: tokenwire.AuthPresharedKey, remoteID: "192.0.2.12", peerKey: creds.keyB},
+			wantB:  want{method: tokenwire.AuthPresharedKey, remoteID: "192.0.2.11", peerKey: creds.keyA},
+			auditA: "pinned",
+		},
+		{
+			// Certificates sent in IKE, verified by the CA each end trusts.
+			name:   "CA-issued certificates",
+			confA:  swanctlPubkeyHosts("192.0.2.11", "192.0.2.12", dnA, dnB, "certs = "+creds.aCrt, "cacerts = "+creds.caCrt),
+			confB:  swanctlPubkeyHosts("192.0.2.12", "192.0.2.11", dnB, dnA, "certs = "+creds.bCrt, "cacerts = "+creds.caCrt),
+			wantA:  want{method: tokenwire.AuthPKIXInline, remoteID: dnB, certDN: dnB, caDN: dnCA, peerKey: creds.keyB},
+			wantB:  want{method: tokenwire.AuthPKIXInline, remoteID: dnA, certDN: dnA, caDN: dnCA, peerKey: creds.keyA},
+			auditA: dnCA,
+		},
+		{
+			// The peer's own certificate is in the local trusted store
+			// (remote certs), no CA is loaded.
+			name:   "locally trusted peer certificate",
+			confA:  swanctlPubkeyHosts("192.0.2.11", "192.0.2.12", dnA, dnB, "certs = "+creds.aCrt, "certs = "+creds.bCrt),
+			confB:  swanctlPubkeyHosts("192.0.2.12", "192.0.2.11", dnB, dnA, "certs = "+creds.bCrt, "certs = "+creds.aCrt),
+			wantA:  want{method: tokenwire.AuthPKIXTrusted, remoteID: dnB, certDN: dnB, peerKey: creds.keyB},
+			wantB:  want{method: tokenwire.AuthPKIXTrusted, remoteID: dnA, certDN: dnA, peerKey: creds.keyA},
+			auditA: "trusted store",
+		},
+	}
+	wantCB := tokenapi.ChannelBinding(creds.keyA, creds.keyB)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+			// Each end's own private key goes where swanctl --load-all
+			// finds it (private/ next to the conf file).
+			for n, k := range map[*lab.Node]string{ha: creds.aKey, hb: creds.bKey} {
+				b, err := os.ReadFile(k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := n.WriteFile("private/own.key", b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			loadSwanctl(t, ha, tc.confA)
+			loadSwanctl(t, hb, tc.confB)
+			ends := [2]authEnd{{node: ha}, {node: hb}}
+			for i := range ends {
+				n := ends[i].node
+				sock := filepath.Join(n.Dir, "token.sock")
+				o := startObold(t, n, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", sock))
+				defer o.stop()
+				c, err := client.Dial(ctx, sock)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				ends[i].token = c
+			}
+			swanctl(t, ha, "--initiate", "--child", "host")
+
+			ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7011")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			accepted := make(chan net.Conn, 4)
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					accepted <- c
+				}
+			}()
+			dial := func() [2]*net.TCPConn {
+				c, err := ha.Dial(ctx, "tcp", "192.0.2.12:7011")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				select {
+				case s := <-accepted:
+					t.Cleanup(func() { s.Close() })
+					return [2]*net.TCPConn{c.(*net.TCPConn), s.(*net.TCPConn)}
+				case <-ctx.Done():
+					t.Fatal("no accept")
+				}
+				return [2]*net.TCPConn{}
+			}
+			// itokens queries both ends of a TCP connection and checks
+			// every property; it returns the two iTokens.
+			itokens := func(step string, conn [2]*net.TCPConn) [2]client.IToken {
+				t.Helper()
+				var out [2]client.IToken
+				for i, e := range ends {
+					w := tc.wantA
+					if i == 1 {
+						w = tc.wantB
+					}
+					p, err := e.token.PToken(ctx, conn[i])
+					if err != nil {
+						t.Fatalf("%s: %s pToken: %v", step, e.node.Name, err)
+					}
+					if !p.Protected || !p.Privacy || !p.Integrity || p.IToken == 0 {
+						t.Fatalf("%s: %s pToken: %+v", step, e.node.Name, p)
+					}
+					it, err := e.token.IToken(ctx, p.IToken)
+					if err != nil {
+						t.Fatalf("%s: %s iToken: %v", step, e.node.Name, err)
+					}
+					if it.AuthMethod != w.method || it.RemoteID != w.remoteID || it.CertDN != w.certDN || it.CADN != w.caDN {
+						t.Errorf("%s: %s iToken: method %v remote %q cert %q CA %q; want %v %q %q %q (audit: %s)",
+							step, e.node.Name, it.AuthMethod, it.RemoteID, it.CertDN, it.CADN, w.method, w.remoteID, w.certDN, w.caDN, it.Audit)
+					}
+					if wantID := tokenapi.PubKeyID(w.peerKey); it.PubKeyID != wantID || len(wantID) != 9 {
+						t.Errorf("%s: %s pubKeyID %q, want %q (the peer's %s key; audit: %s)", step, e.node.Name, it.PubKeyID, wantID, w.peerKey.Algorithm, it.Audit)
+					}
+					if !bytes.Equal(it.ChannelBinding, wantCB) {
+						t.Errorf("%s: %s channelBinding %x, want both keys %x (audit: %s)", step, e.node.Name, it.ChannelBinding, wantCB, it.Audit)
+					}
+					out[i] = it
+				}
+				if !bytes.Equal(out[0].ChannelBinding, out[1].ChannelBinding) {
+					t.Errorf("%s: channelBinding differs between the ends", step)
+				}
+				if !strings.Contains(out[0].Audit, tc.auditA) {
+					t.Errorf("%s: hosta audit %q lacks %q", step, out[0].Audit, tc.auditA)
+				}
+				return out
+			}
+
+			first := dial()
+			base := itokens("first connection", first)
+			t.Logf("hosta: %s", base[0].Audit)
+			t.Logf("hostb: %s", base[1].Audit)
+			same := func(step string, got [2]client.IToken) {
+				t.Helper()
+				for i := range got {
+					if got[i].Handle != base[i].Handle {
+						t.Errorf("%s: %s iToken %v, was %v", step, ends[i].node.Name, got[i].Handle, base[i].Handle)
+					}
+				}
+			}
+			same("second connection", itokens("second connection", dial()))
+
+			for _, rk := range []struct {
+				step string
+				args []string
+			}{
+				{"IKE rekey", []string{"--rekey", "--ike", "hh"}},
+				{"CHILD_SA rekey", []string{"--rekey", "--child", "host"}},
+				{"re-authentication", []string{"--rekey", "--reauth", "--ike", "hh"}},
+			} {
+				before := saIDs(t, ha)
+				swanctl(t, ha, rk.args...)
+				waitSAChange(ctx, t, ha, before, rk.step)
+				waitSAChange(ctx, t, hb, saIDs(t, hb), "") // settles: hostb has one IKE_SA with an installed child
+				same(rk.step+", old connection", itokens(rk.step+", old connection", first))
+				same(rk.step+", new connection", itokens(rk.step+", new connection", dial()))
+			}
+		})
+	}
+}
+
+var (
+	ikeSARe   = regexp.MustCompile(`(?m)^hh: #(\d+), ESTABLISHED`)
+	childSARe = regexp.MustCompile(`(?m)^\s+host: #(\d+), reqid \d+, INSTALLED`)
+)
+
+// saState is the ESTABLISHED IKE_SAs and INSTALLED CHILD_SAs of conn hh.
+type saState struct{ ike, child []string }
+
+func saIDs(t *testing.T, n *lab.Node) saState {
+	t.Helper()
+	out := swanctl(t, n, "--list-sas")
+	var s saState
+	for _, m := range ikeSARe.FindAllStringSubmatch(out, -1) {
+		s.ike = append(s.ike, m[1])
+	}
+	for _, m := range childSARe.FindAllStringSubmatch(out, -1) {
+		s.child = append(s.child, m[1])
+	}
+	return s
+}
+
+// waitSAChange waits until n has exactly one established IKE_SA and one
+// installed CHILD_SA of hh and, when step is set, until one of them is new.
+func waitSAChange(ctx context.Context, t *testing.T, n *lab.Node, before saState, step string) {
+	t.Helper()
+	for {
+		s := saIDs(t, n)
+		if len(s.ike) == 1 && len(s.child) == 1 {
+			if step == "" || len(before.ike) != 1 || len(before.child) != 1 || s.ike[0] != before.ike[0] || s.child[0] != before.child[0] {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s on %s: SAs did not settle: before %+v, now %+v", step, n.Name, before, s)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
