@@ -33,6 +33,8 @@ type fakeCharon struct {
 	plugins []string
 	refuse  map[string]string // child -> the notify charon reports
 	certs   []vici.Cert       // list-certs; Subject filters X.509 entries too
+	// certsErr makes list-certs fail alone.
+	certsErr error
 }
 
 func newFake() *fakeCharon {
@@ -102,6 +104,10 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 func (f *fakeCharon) ListCerts(_ context.Context, filter vici.CertFilter) ([]vici.Cert, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.certsErr != nil {
+		f.calls = append(f.calls, "list-certs")
+		return nil, f.certsErr
+	}
 	var out []vici.Cert
 	for _, c := range f.certs {
 		if (filter.Type == "" || filter.Type == "ANY" || filter.Type == c.Type) && (filter.Subject == "" || filter.Subject == c.Subject) {

@@ -48,6 +48,9 @@ type connAuth struct {
 	rawPeer bool
 	peer    keyLookup // the pinned raw key, when rawPeer
 	our     keyLookup // our key of the first local round (raw key or certificate)
+	// failed: charon did not answer list-conns or list-certs; nothing
+	// about the rounds is claimed and the conn is read again next time.
+	failed bool
 }
 
 // keyLookup is a key read from charon's credentials, or why it is unknown.
@@ -163,7 +166,9 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 		ca := h.conns[sa.Name]
 		if ca == nil {
 			ca = h.readConn(ctx, sa.Name, isOE)
-			h.conns[sa.Name] = ca
+			if !ca.failed {
+				h.conns[sa.Name] = ca // a failed read is retried at the next rebuild
+			}
 		}
 		ev := tokenapi.Evidence{RoundClasses: ca.classes}
 		if len(ev.RoundClasses) > 0 {
@@ -180,6 +185,11 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 		case isOE:
 			ev.OE, ev.DNSSEC, ev.PinnedKey = true, string(oef.DNSSEC), true
 			peerKey, ourKey = keyLookup{key: oef.PeerKey}, keyLookup{key: oef.OurKey}
+		case ca.failed:
+			// Whether the round pins raw keys or certificates is unknown:
+			// "using trusted certificate" then proves no PKIX trust.
+			ev.TrustedCertDN = ""
+			peerKey, ourKey = ca.peer, ca.our
 		case ev.ConnClass != "public key":
 			// PSK, EAP, XAuth, null: no IKE public keys to tell.
 		case ca.rawPeer:
@@ -235,7 +245,7 @@ func (h *tokenHost) readConn(ctx context.Context, conn string, isOE bool) *connA
 		if err != nil {
 			note += ": " + err.Error()
 		}
-		ca.peer.note, ca.our.note = note, note
+		ca.peer.note, ca.our.note, ca.failed = note, note, true
 		return ca
 	}
 	for _, a := range cis[0].Remote {
@@ -244,14 +254,16 @@ func (h *tokenHost) readConn(ctx context.Context, conn string, isOE bool) *connA
 	if isOE {
 		return ca // obold knows OE keys itself
 	}
+	var errPeer, errOur error
 	if len(cis[0].Remote) > 0 && cis[0].Remote[0].Class == "public key" {
-		ca.rawPeer, ca.peer = h.pinnedKeys(ctx, cis[0].Remote[0].Certs, false)
+		ca.rawPeer, ca.peer, errPeer = h.pinnedKeys(ctx, cis[0].Remote[0].Certs, false)
 	}
 	if len(cis[0].Local) > 0 && cis[0].Local[0].Class == "public key" {
-		_, ca.our = h.pinnedKeys(ctx, cis[0].Local[0].Certs, true)
+		_, ca.our, errOur = h.pinnedKeys(ctx, cis[0].Local[0].Certs, true)
 	} else {
 		ca.our.note = "our first round does not use a public key"
 	}
+	ca.failed = errPeer != nil || errOur != nil
 	return ca
 }
 
@@ -259,15 +271,15 @@ func (h *tokenHost) readConn(ctx context.Context, conn string, isOE bool) *connA
 // shows them). raw says they are raw public keys; the key is set when
 // exactly one distinct key matches. own: only keys whose private key is
 // loaded (our side).
-func (h *tokenHost) pinnedKeys(ctx context.Context, subjects []string, own bool) (raw bool, kl keyLookup) {
+func (h *tokenHost) pinnedKeys(ctx context.Context, subjects []string, own bool) (raw bool, kl keyLookup, err error) {
 	if len(subjects) == 0 {
-		return false, keyLookup{note: "the round names no certificate or key"}
+		return false, keyLookup{note: "the round names no certificate or key"}, nil
 	}
 	var rawKeys, certKeys []tokenapi.PublicKey
 	for _, subj := range subjects {
 		certs, err := h.d.charon.ListCerts(ctx, vici.CertFilter{Subject: subj})
 		if err != nil {
-			return false, keyLookup{note: "list-certs for " + strconv.Quote(subj) + ": " + err.Error()}
+			return false, keyLookup{note: "list-certs for " + strconv.Quote(subj) + ": " + err.Error()}, err
 		}
 		for _, c := range certs {
 			if own && !c.HasPrivKey {
@@ -291,7 +303,7 @@ func (h *tokenHost) pinnedKeys(ctx context.Context, subjects []string, own bool)
 	if len(rawKeys) > 0 {
 		raw, keys = true, rawKeys
 	}
-	return raw, oneKey(keys, strings.Join(subjects, ", "))
+	return raw, oneKey(keys, strings.Join(subjects, ", ")), nil
 }
 
 // peerCertKey is the key of the peer's certificate charon used (its DN

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"io"
 	"log/slog"
 	"math/big"
@@ -192,6 +193,29 @@ func TestTokenHostKeys(t *testing.T) {
 	f.sas[1].UniqueID = 22
 	h.observe(vici.Event{Kind: vici.EventIKERekey, Old: &old, SA: &f.sas[1]})
 	check("after IKE rekey")
+
+	// list-certs fails: the pinned raw key's "using trusted certificate"
+	// must not pass for PKIX trust, no key is claimed, and the conn is
+	// read again at the next rebuild.
+	h.observe(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{IKEID: 11, Message: `  using trusted certificate "192.0.2.7"`}})
+	h.observe(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{IKEID: 11, Message: "authentication of '192.0.2.7' with ED25519 successful"}})
+	f.mu.Lock()
+	f.certsErr = errors.New("charon busy")
+	f.mu.Unlock()
+	h.observe(vici.Event{Kind: vici.EventIKEUpDown, Up: true, SA: &f.sas[0]})
+	snap, err := h.TokenSAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := snap.SAs[0].Peer
+	if m := tokenapi.DeriveAuthMethod(p).Method.String(); m != "NONE" || len(p.PeerKey.Data) != 0 || !strings.Contains(p.KeyNote, "charon busy") {
+		t.Errorf("list-certs failing: method %s, peer key %x, note %q", m, p.PeerKey.Data, p.KeyNote)
+	}
+	f.mu.Lock()
+	f.certsErr = nil
+	f.mu.Unlock()
+	h.observe(vici.Event{Kind: vici.EventChildUpDown, SA: &f.sas[0]})
+	check("list-certs back")
 }
 
 func testEd25519(t *testing.T) (ed25519.PublicKey, []byte) {
