@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -186,7 +187,10 @@ func TestTokenAPIAuth(t *testing.T) {
 	wantCB := tokenapi.ChannelBinding(creds.keyA, creds.keyB)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+			// make_before_break: re-authentication brings the new SAs up
+			// before the old ones go, so no packet of the flow finds no
+			// SA (on this datapath charon installs no trap to hold it).
+			l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}, CharonConf: "make_before_break = yes\n"})
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 			defer cancel()
 			ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
@@ -290,7 +294,29 @@ func TestTokenAPIAuth(t *testing.T) {
 				return out
 			}
 
+			// Nothing of the test's TCP traffic may cross the wire in
+			// clear; ESP must carry it.
+			clear := wire(t, l, "tcp port 7011")
+			esp := wire(t, l, "udp port 4500 and host 192.0.2.11 and host 192.0.2.12")
+			crossed := 0
+			exchange := func(step string, conn [2]*net.TCPConn) {
+				t.Helper()
+				msg := []byte("obol " + step)
+				for _, dir := range [][2]*net.TCPConn{{conn[0], conn[1]}, {conn[1], conn[0]}} {
+					_ = dir[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+					if _, err := dir[0].Write(msg); err != nil {
+						t.Fatalf("%s: write: %v", step, err)
+					}
+					got := make([]byte, len(msg))
+					if _, err := io.ReadFull(dir[1], got); err != nil || !bytes.Equal(got, msg) {
+						t.Fatalf("%s: read %q, %v; want %q", step, got, err, msg)
+					}
+				}
+				crossed++
+			}
+
 			first := dial()
+			exchange("first connection", first)
 			base := itokens("first connection", first)
 			t.Logf("hosta: %s", base[0].Audit)
 			t.Logf("hostb: %s", base[1].Audit)
@@ -302,7 +328,9 @@ func TestTokenAPIAuth(t *testing.T) {
 					}
 				}
 			}
-			same("second connection", itokens("second connection", dial()))
+			second := dial()
+			exchange("second connection", second)
+			same("second connection", itokens("second connection", second))
 
 			for _, rk := range []struct {
 				step string
@@ -316,8 +344,21 @@ func TestTokenAPIAuth(t *testing.T) {
 				swanctl(t, ha, rk.args...)
 				waitSAChange(ctx, t, ha, before, rk.step)
 				waitSAChange(ctx, t, hb, saIDs(t, hb), "") // settles: hostb has one IKE_SA with an installed child
+				if n := len(clear.Lines()); n > 0 {
+					t.Errorf("%s: %d packets in clear on the wire so far", rk.step, n)
+				}
+				exchange(rk.step+", old connection", first)
 				same(rk.step+", old connection", itokens(rk.step+", old connection", first))
-				same(rk.step+", new connection", itokens(rk.step+", new connection", dial()))
+				c := dial()
+				exchange(rk.step+", new connection", c)
+				same(rk.step+", new connection", itokens(rk.step+", new connection", c))
+			}
+			if lines := stopCapture(t, clear); len(lines) > 0 {
+				t.Errorf("%d packets of the test's TCP connections in clear on the wire, e.g.:\n%s", len(lines), strings.Join(lines[:min(5, len(lines))], "\n"))
+			}
+			// Each exchange is at least 4 ESP packets (data and ACK each way).
+			if lines := stopCapture(t, esp); len(lines) < 4*crossed {
+				t.Errorf("%d ESP packets on the wire for %d exchanges: the traffic did not cross the tunnel", len(lines), crossed)
 			}
 		})
 	}
