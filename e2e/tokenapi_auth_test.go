@@ -130,6 +130,7 @@ func swanctlPubkeyHosts(local, remote, localID, remoteID, localAuth, remoteAuth 
 // connections made so far.
 type authEnd struct {
 	node  *lab.Node
+	sock  string // obold's token API socket
 	token *client.Client
 }
 
@@ -153,6 +154,10 @@ func TestTokenAPIAuth(t *testing.T) {
 		wantA  want // what hosta learns of hostb
 		wantB  want
 		auditA string // must appear in hosta's iToken audit
+		// After obold restarts on hosta it has not seen the IKE_SA's
+		// authentication: what it may still tell, and its audit.
+		restartA     want
+		restartAudit string
 	}{
 		{
 			// Raw keys pinned in the conn: out-of-band trust for one peer,
@@ -163,6 +168,9 @@ func TestTokenAPIAuth(t *testing.T) {
 			wantA:  want{method: tokenwire.AuthPresharedKey, remoteID: "192.0.2.12", peerKey: creds.keyB},
 			wantB:  want{method: tokenwire.AuthPresharedKey, remoteID: "192.0.2.11", peerKey: creds.keyA},
 			auditA: "pinned",
+			// The pinned keys are the conn's: still known.
+			restartA:     want{method: tokenwire.AuthPresharedKey, remoteID: "192.0.2.12", peerKey: creds.keyB},
+			restartAudit: "pinned",
 		},
 		{
 			// Certificates sent in IKE, verified by the CA each end trusts.
@@ -172,16 +180,22 @@ func TestTokenAPIAuth(t *testing.T) {
 			wantA:  want{method: tokenwire.AuthPKIXInline, remoteID: dnB, certDN: dnB, caDN: dnCA, peerKey: creds.keyB},
 			wantB:  want{method: tokenwire.AuthPKIXInline, remoteID: dnA, certDN: dnA, caDN: dnCA, peerKey: creds.keyA},
 			auditA: dnCA,
+			// Which certificate (and CA) the peer used is known only from
+			// the log of its authentication: nothing is claimed.
+			restartA:     want{method: tokenwire.AuthNone, remoteID: dnB},
+			restartAudit: "peer key unknown",
 		},
 		{
 			// The peer's own certificate is in the local trusted store
 			// (remote certs), no CA is loaded.
-			name:   "locally trusted peer certificate",
-			confA:  swanctlPubkeyHosts("192.0.2.11", "192.0.2.12", dnA, dnB, "certs = "+creds.aCrt, "certs = "+creds.bCrt),
-			confB:  swanctlPubkeyHosts("192.0.2.12", "192.0.2.11", dnB, dnA, "certs = "+creds.bCrt, "certs = "+creds.aCrt),
-			wantA:  want{method: tokenwire.AuthPKIXTrusted, remoteID: dnB, certDN: dnB, peerKey: creds.keyB},
-			wantB:  want{method: tokenwire.AuthPKIXTrusted, remoteID: dnA, certDN: dnA, peerKey: creds.keyA},
-			auditA: "trusted store",
+			name:         "locally trusted peer certificate",
+			confA:        swanctlPubkeyHosts("192.0.2.11", "192.0.2.12", dnA, dnB, "certs = "+creds.aCrt, "certs = "+creds.bCrt),
+			confB:        swanctlPubkeyHosts("192.0.2.12", "192.0.2.11", dnB, dnA, "certs = "+creds.bCrt, "certs = "+creds.aCrt),
+			wantA:        want{method: tokenwire.AuthPKIXTrusted, remoteID: dnB, certDN: dnB, peerKey: creds.keyB},
+			wantB:        want{method: tokenwire.AuthPKIXTrusted, remoteID: dnA, certDN: dnA, peerKey: creds.keyA},
+			auditA:       "trusted store",
+			restartA:     want{method: tokenwire.AuthNone, remoteID: dnB},
+			restartAudit: "peer key unknown",
 		},
 	}
 	wantCB := tokenapi.ChannelBinding(creds.keyA, creds.keyB)
@@ -208,16 +222,17 @@ func TestTokenAPIAuth(t *testing.T) {
 			loadSwanctl(t, ha, tc.confA)
 			loadSwanctl(t, hb, tc.confB)
 			ends := [2]authEnd{{node: ha}, {node: hb}}
+			var obolds [2]*obold
 			for i := range ends {
 				n := ends[i].node
-				sock := filepath.Join(n.Dir, "token.sock")
-				o := startObold(t, n, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", sock))
-				defer o.stop()
-				c, err := client.Dial(ctx, sock)
+				ends[i].sock = filepath.Join(n.Dir, "token.sock")
+				obolds[i] = startObold(t, n, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", ends[i].sock))
+				defer obolds[i].stop()
+				c, err := client.Dial(ctx, ends[i].sock)
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
+				defer func() { ends[i].token.Close() }()
 				ends[i].token = c
 			}
 			swanctl(t, ha, "--initiate", "--child", "host")
@@ -252,6 +267,33 @@ func TestTokenAPIAuth(t *testing.T) {
 				}
 				return [2]*net.TCPConn{}
 			}
+			// check reads the iToken of p and compares it with w.
+			check := func(step string, e authEnd, p client.PToken, w want) client.IToken {
+				t.Helper()
+				it, err := e.token.IToken(ctx, p.IToken)
+				if err != nil {
+					t.Fatalf("%s: %s iToken: %v", step, e.node.Name, err)
+				}
+				if it.AuthMethod != w.method || it.RemoteID != w.remoteID || it.CertDN != w.certDN || it.CADN != w.caDN {
+					t.Errorf("%s: %s iToken: method %v remote %q cert %q CA %q; want %v %q %q %q (audit: %s)",
+						step, e.node.Name, it.AuthMethod, it.RemoteID, it.CertDN, it.CADN, w.method, w.remoteID, w.certDN, w.caDN, it.Audit)
+				}
+				// No key known: no pubKeyID and no channelBinding, never a guess.
+				wantID, cb := "", []byte(nil)
+				if len(w.peerKey.Data) > 0 {
+					wantID, cb = tokenapi.PubKeyID(w.peerKey), wantCB
+					if len(wantID) != 9 {
+						t.Fatalf("test key %s has pubKeyID %q", w.peerKey.Algorithm, wantID)
+					}
+				}
+				if it.PubKeyID != wantID {
+					t.Errorf("%s: %s pubKeyID %q, want %q (the peer's %s key; audit: %s)", step, e.node.Name, it.PubKeyID, wantID, w.peerKey.Algorithm, it.Audit)
+				}
+				if !bytes.Equal(it.ChannelBinding, cb) {
+					t.Errorf("%s: %s channelBinding %x, want %x (audit: %s)", step, e.node.Name, it.ChannelBinding, cb, it.Audit)
+				}
+				return it
+			}
 			// itokens queries both ends of a TCP connection and checks
 			// every property; it returns the two iTokens.
 			itokens := func(step string, conn [2]*net.TCPConn) [2]client.IToken {
@@ -269,21 +311,7 @@ func TestTokenAPIAuth(t *testing.T) {
 					if !p.Protected || !p.Privacy || !p.Integrity || p.IToken == 0 {
 						t.Fatalf("%s: %s pToken: %+v", step, e.node.Name, p)
 					}
-					it, err := e.token.IToken(ctx, p.IToken)
-					if err != nil {
-						t.Fatalf("%s: %s iToken: %v", step, e.node.Name, err)
-					}
-					if it.AuthMethod != w.method || it.RemoteID != w.remoteID || it.CertDN != w.certDN || it.CADN != w.caDN {
-						t.Errorf("%s: %s iToken: method %v remote %q cert %q CA %q; want %v %q %q %q (audit: %s)",
-							step, e.node.Name, it.AuthMethod, it.RemoteID, it.CertDN, it.CADN, w.method, w.remoteID, w.certDN, w.caDN, it.Audit)
-					}
-					if wantID := tokenapi.PubKeyID(w.peerKey); it.PubKeyID != wantID || len(wantID) != 9 {
-						t.Errorf("%s: %s pubKeyID %q, want %q (the peer's %s key; audit: %s)", step, e.node.Name, it.PubKeyID, wantID, w.peerKey.Algorithm, it.Audit)
-					}
-					if !bytes.Equal(it.ChannelBinding, wantCB) {
-						t.Errorf("%s: %s channelBinding %x, want both keys %x (audit: %s)", step, e.node.Name, it.ChannelBinding, wantCB, it.Audit)
-					}
-					out[i] = it
+					out[i] = check(step, e, p, w)
 				}
 				if !bytes.Equal(out[0].ChannelBinding, out[1].ChannelBinding) {
 					t.Errorf("%s: channelBinding differs between the ends", step)
@@ -353,6 +381,24 @@ func TestTokenAPIAuth(t *testing.T) {
 				exchange(rk.step+", new connection", c)
 				same(rk.step+", new connection", itokens(rk.step+", new connection", c))
 			}
+
+			// obold restarts on hosta: it missed the authentication.
+			ends[0].token.Close()
+			obolds[0].stop()
+			obolds[0].start()
+			if ends[0].token, err = client.Dial(ctx, ends[0].sock); err != nil {
+				t.Fatal(err)
+			}
+			p, err := ends[0].token.PToken(ctx, first[0])
+			if err != nil || !p.Protected {
+				t.Fatalf("after obold's restart: pToken %+v, %v", p, err)
+			}
+			if it := check("after obold's restart", ends[0], p, tc.restartA); !strings.Contains(it.Audit, tc.restartAudit) {
+				t.Errorf("after obold's restart: audit %q lacks %q", it.Audit, tc.restartAudit)
+			} else {
+				t.Logf("hosta after obold's restart: %s", it.Audit)
+			}
+
 			if lines := stopCapture(t, clear); len(lines) > 0 {
 				t.Errorf("%d packets of the test's TCP connections in clear on the wire, e.g.:\n%s", len(lines), strings.Join(lines[:min(5, len(lines))], "\n"))
 			}
