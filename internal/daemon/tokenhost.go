@@ -22,6 +22,12 @@ type tokenHost struct {
 
 	mu   sync.Mutex
 	auth map[uint32]*tokenapi.AuthLog // by IKE_SA unique id
+	// certKeys are the keys of the certificates peers authenticated with,
+	// by IKE_SA unique id: read from list-certs once, right after the
+	// authentication (charon's certificate cache may later evict the
+	// certificate; the iToken must not change then), and kept like the
+	// log evidence: across IKE rekeys, until the IKE_SA goes.
+	certKeys map[uint32]keyLookup
 
 	// The token query path never waits for charon while nothing changed:
 	// every event that may change the SAs moves gen, the module keeps its
@@ -32,10 +38,6 @@ type tokenHost struct {
 	cache   plugins.TokenSnapshot
 	built   bool                 // cache holds a snapshot (of generation cache.Generation)
 	conns   map[string]*connAuth // by conn: its rounds and keys (list-conns, list-certs)
-	// certKeys are peer certificates' keys by subject DN (list-certs),
-	// read once per DN; dropped when an IKE_SA comes up, as the peer may
-	// have a new certificate.
-	certKeys map[string]keyLookup
 }
 
 // connAuth is what a conn's configuration tells about its peers' and our
@@ -60,7 +62,7 @@ type keyLookup struct {
 }
 
 func newTokenHost(d *Daemon) *tokenHost {
-	return &tokenHost{d: d, auth: map[uint32]*tokenapi.AuthLog{}}
+	return &tokenHost{d: d, auth: map[uint32]*tokenapi.AuthLog{}, certKeys: map[uint32]keyLookup{}}
 }
 
 // invalidate drops the cached SAs; forget also drops the conns' auth classes
@@ -69,7 +71,7 @@ func (h *tokenHost) invalidate(forget bool) {
 	h.gen.Add(1)
 	if forget {
 		h.cacheMu.Lock()
-		h.conns, h.certKeys = nil, nil
+		h.conns = nil
 		h.cacheMu.Unlock()
 	}
 }
@@ -91,12 +93,10 @@ func (h *tokenHost) observe(ev vici.Event) {
 		h.invalidate(true)
 	case vici.EventIKEUpDown:
 		if ev.Up && ev.SA != nil {
-			// The conn may have been reloaded with other keys, the peer
-			// may show a new certificate: read them again (once per
-			// IKE_SA, never per query).
+			// The conn may have been reloaded with other keys: read it
+			// again (once per IKE_SA, never per query).
 			h.cacheMu.Lock()
 			delete(h.conns, ev.SA.Name)
-			h.certKeys = nil
 			h.cacheMu.Unlock()
 		}
 		h.invalidate(false)
@@ -115,14 +115,19 @@ func (h *tokenHost) observe(ev vici.Event) {
 		al.Feed(ev.Log.Message)
 	case ev.Kind == vici.EventIKEUpDown && !ev.Up && ev.SA != nil:
 		delete(h.auth, ev.SA.UniqueID)
+		delete(h.certKeys, ev.SA.UniqueID)
 	case ev.Kind == vici.EventIKERekey && ev.Old != nil && ev.SA != nil:
 		// A rekeyed IKE_SA is not authenticated again: the new one
 		// inherits the old one's evidence.
 		if al := h.auth[ev.Old.UniqueID]; al != nil {
 			h.auth[ev.SA.UniqueID] = al
 		}
+		if kl, ok := h.certKeys[ev.Old.UniqueID]; ok {
+			h.certKeys[ev.SA.UniqueID] = kl
+		}
 	case ev.Kind == vici.EventConnected:
-		h.auth = map[uint32]*tokenapi.AuthLog{} // a new charon: old ids mean nothing
+		// A new charon: old ids mean nothing.
+		h.auth, h.certKeys = map[uint32]*tokenapi.AuthLog{}, map[uint32]keyLookup{}
 	}
 }
 
@@ -197,7 +202,7 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 			ev.PinnedKey = true
 			peerKey, ourKey = ca.peer, ca.our
 		default:
-			peerKey, ourKey = h.peerCertKey(ctx, ev), ca.our
+			peerKey, ourKey = h.peerCertKey(ctx, sa.UniqueID, ev), ca.our
 		}
 		if ev.ConnClass == "pre-shared key" {
 			ev.SecretOwners = -1 // swanctl's secrets: VICI does not show their owners
@@ -306,9 +311,10 @@ func (h *tokenHost) pinnedKeys(ctx context.Context, subjects []string, own bool)
 	return raw, oneKey(keys, strings.Join(subjects, ", ")), nil
 }
 
-// peerCertKey is the key of the peer's certificate charon used (its DN
-// from the log), from charon's credential sets and cache. cacheMu is held.
-func (h *tokenHost) peerCertKey(ctx context.Context, ev tokenapi.Evidence) keyLookup {
+// peerCertKey is the key of the peer's certificate charon used for IKE_SA
+// ike (its DN from the log), from charon's credential sets and cache,
+// read once per IKE_SA. cacheMu is held.
+func (h *tokenHost) peerCertKey(ctx context.Context, ike uint32, ev tokenapi.Evidence) keyLookup {
 	dn := ev.PeerCertDN
 	if dn == "" {
 		dn = ev.TrustedCertDN
@@ -316,24 +322,28 @@ func (h *tokenHost) peerCertKey(ctx context.Context, ev tokenapi.Evidence) keyLo
 	if dn == "" {
 		return keyLookup{note: "charon's log named no peer certificate"}
 	}
-	if kl, ok := h.certKeys[dn]; ok {
+	h.mu.Lock()
+	kl, ok := h.certKeys[ike]
+	h.mu.Unlock()
+	if ok {
 		return kl
 	}
 	var keys []tokenapi.PublicKey
 	certs, err := h.d.charon.ListCerts(ctx, vici.CertFilter{Type: "X509", Subject: dn})
 	if err != nil {
-		return keyLookup{note: "list-certs for " + strconv.Quote(dn) + ": " + err.Error()} // not cached: retried
+		return keyLookup{note: "list-certs for " + strconv.Quote(dn) + ": " + err.Error()} // not kept: retried
 	}
 	for _, c := range certs {
 		if k, isCA, err := tokenapi.KeyFromCert(c.Data); err == nil && !isCA && c.Flag != "CA" {
 			keys = appendKey(keys, k)
 		}
 	}
-	kl := oneKey(keys, dn)
-	if h.certKeys == nil {
-		h.certKeys = map[string]keyLookup{}
+	kl = oneKey(keys, dn)
+	h.mu.Lock()
+	if _, live := h.auth[ike]; live { // not for an IKE_SA deleted meanwhile
+		h.certKeys[ike] = kl
 	}
-	h.certKeys[dn] = kl
+	h.mu.Unlock()
 	return kl
 }
 

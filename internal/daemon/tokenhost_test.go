@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +194,13 @@ func TestTokenHostKeys(t *testing.T) {
 	f.sas[1].UniqueID = 22
 	h.observe(vici.Event{Kind: vici.EventIKERekey, Old: &old, SA: &f.sas[1]})
 	check("after IKE rekey")
+	// charon's certificate cache evicts hostb's certificate: the key read
+	// after the authentication stays (the iToken must not change).
+	f.mu.Lock()
+	f.certs = slices.DeleteFunc(f.certs, func(c vici.Cert) bool { return c.Subject == "CN=b" })
+	f.mu.Unlock()
+	h.observe(vici.Event{Kind: vici.EventChildUpDown, SA: &f.sas[1]})
+	check("certificate evicted from charon's cache")
 
 	// list-certs fails: the pinned raw key's "using trusted certificate"
 	// must not pass for PKIX trust, no key is claimed, and the conn is
