@@ -77,6 +77,10 @@ type TokenPeer struct {
 	// pinned raw keys, certificate keys). Either may be empty.
 	PeerKey PublicKey
 	OurKey  PublicKey
+	// KeyNote says why a public key the peer or we authenticated with is
+	// unknown (e.g. a certificate charon no longer holds), for the audit
+	// string; "" when both are known or no public keys were used.
+	KeyNote string
 }
 
 // AuthEvidence is what obold can tell about how the peer was authenticated.

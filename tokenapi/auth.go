@@ -33,14 +33,15 @@ type AuthFacts struct {
 //     said (LEAPOFFAITH, PRESHAREDKEY for static keys, NONE), else DNSSEC
 //     when the DNS answer was secure, BTNS otherwise (a key from
 //     unvalidated DNS is an unverified key);
-//  5. public key with a key the administrator pinned in the conn:
+//  5. public key with a raw key the administrator pinned in the conn:
 //     PRESHAREDKEY. The key was configured out of band for this one peer,
 //     which is the trust of a unique pre-shared key; pubKeyID tells it
 //     apart from a real PSK, and no PKIX DN is claimed;
-//  6. public key verified by a trusted CA: PKIX_OFFLINE when the
+//  6. public key whose certificate was itself in the trusted store
+//     (`using trusted certificate`): PKIX_TRUSTED, even when charon then
+//     also chains it to a CA;
+//  7. public key verified by a trusted CA: PKIX_OFFLINE when the
 //     certificate was fetched (HTTP/LDAP), else PKIX_INLINE;
-//  7. public key whose certificate was itself in the trusted store:
-//     PKIX_TRUSTED;
 //  8. anything else (null auth, missing log lines): NONE.
 func DeriveAuthMethod(p Peer) AuthFacts {
 	ev := p.Evidence
@@ -84,12 +85,15 @@ func DeriveAuthMethod(p Peer) AuthFacts {
 		return AuthFacts{Method: wire.AuthBTNS, Basis: "public key from DNS without DNSSEC validation"}
 	case ev.PinnedKey:
 		return AuthFacts{Method: wire.AuthPresharedKey, Basis: "public key pinned by the administrator"}
+	case ev.TrustedCertDN != "":
+		// charon found the peer's own certificate among the trusted ones;
+		// a CA chain it may build after that only serves authorization
+		// rules, the trust came from the local store.
+		return AuthFacts{Method: wire.AuthPKIXTrusted, CertDN: ev.TrustedCertDN, Basis: "certificate in the trusted store"}
 	case ev.TrustedCADN != "" && ev.Fetched:
 		return AuthFacts{Method: wire.AuthPKIXOffline, CertDN: ev.PeerCertDN, CADN: ev.TrustedCADN, Basis: "fetched certificate verified by CA " + quote(ev.TrustedCADN)}
 	case ev.TrustedCADN != "":
 		return AuthFacts{Method: wire.AuthPKIXInline, CertDN: ev.PeerCertDN, CADN: ev.TrustedCADN, Basis: "certificate verified by CA " + quote(ev.TrustedCADN)}
-	case ev.TrustedCertDN != "":
-		return AuthFacts{Method: wire.AuthPKIXTrusted, CertDN: ev.TrustedCertDN, Basis: "certificate in the trusted store"}
 	}
 	return AuthFacts{Method: wire.AuthNone, Basis: "public key authentication without trust evidence"}
 }

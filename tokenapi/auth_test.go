@@ -3,6 +3,7 @@ package tokenapi
 import (
 	"bytes"
 	"encoding/base64"
+	"strings"
 	"testing"
 
 	"github.com/obol-ipsec/obol/tokenapi/wire"
@@ -35,6 +36,7 @@ func TestDeriveAuthMethod(t *testing.T) {
 		{"pinned raw key", Peer{Evidence: Evidence{ConnClass: "public key", PinnedKey: true, TrustedCertDN: "moon"}}, wire.AuthPresharedKey, "", ""},
 		{"ca verified inline", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCADN: "C=CH, CN=CA", PeerCertDN: "CN=moon"}}, wire.AuthPKIXInline, "CN=moon", "C=CH, CN=CA"},
 		{"ca verified fetched", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCADN: "CN=CA", PeerCertDN: "CN=moon", Fetched: true}}, wire.AuthPKIXOffline, "CN=moon", "CN=CA"},
+		{"trusted end cert chained to a CA", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCertDN: "CN=moon", TrustedCADN: "CN=CA"}}, wire.AuthPKIXTrusted, "CN=moon", ""},
 		{"trusted end cert", Peer{Evidence: Evidence{ConnClass: "public key", TrustedCertDN: "CN=moon"}}, wire.AuthPKIXTrusted, "CN=moon", ""},
 		{"signature from log, no trust evidence", Peer{Evidence: Evidence{LogMethod: "RSA_EMSA_PKCS1_SHA2_256"}}, wire.AuthNone, "", ""},
 		{"ed25519 log with CA", Peer{Evidence: Evidence{LogMethod: "ED25519", TrustedCADN: "CN=CA"}}, wire.AuthPKIXInline, "", "CN=CA"},
@@ -136,5 +138,37 @@ func TestIdentityKeyStable(t *testing.T) {
 	other.PeerKey.Data = bytes.Repeat([]byte{2}, 32)
 	if bytes.Equal(identityKey(p, a), identityKey(other, DeriveAuthMethod(other))) {
 		t.Error("another peer key gives the same identity")
+	}
+}
+
+// The iToken's audit string names the peer key when known and says why
+// when a public key is unknown; it never carries the key itself.
+func TestAuditIToken(t *testing.T) {
+	ed := PublicKey{Algorithm: "ed25519", Data: bytes.Repeat([]byte{9}, 32)}
+	tests := []struct {
+		name      string
+		peer      Peer
+		want, not []string
+	}{
+		{"key known", Peer{RemoteID: "192.0.2.12", PeerKey: ed, Evidence: Evidence{ConnClass: "public key", PinnedKey: true}},
+			[]string{"'192.0.2.12'", "PRESHAREDKEY", "key ed25519:" + PubKeyID(ed)}, []string{"unknown", base64.StdEncoding.EncodeToString(ed.Data)}},
+		{"key unknown", Peer{RemoteID: "CN=b", KeyNote: "peer key unknown (2 different keys match \"CN=b\")",
+			Evidence: Evidence{ConnClass: "public key", TrustedCADN: "CN=CA", PeerCertDN: "CN=b"}},
+			[]string{"PKIX_INLINE", "peer key unknown (2 different keys match", "no pubKeyID/channelBinding claimed"}, []string{"key ed25519"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := auditIToken(tc.peer, DeriveAuthMethod(tc.peer))
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("audit %q lacks %q", got, w)
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(got, n) {
+					t.Errorf("audit %q has %q", got, n)
+				}
+			}
+		})
 	}
 }

@@ -1,6 +1,8 @@
 package tokenapi
 
 import (
+	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/obol-ipsec/obol/tokenapi/wire"
@@ -60,4 +62,29 @@ func TestAuthLog(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzAuthLog: charon's log lines (any text) never panic the evidence
+// parser; nothing is taken from lines after the peer's success line, and a
+// DN is only ever text that stood between quotes.
+func FuzzAuthLog(f *testing.F) {
+	f.Add(`  using certificate "C=CH, CN=b"`, `  using trusted ca certificate "CN=CA"`, "authentication of 'CN=b' with ED25519 successful")
+	f.Add(`  using trusted certificate "192.0.2.12"`, "authentication of '192.0.2.11' (myself) with RSA successful", "authentication of '192.0.2.12' with ED25519 successful")
+	f.Add(`using certificate "`, `"`, "authentication of '")
+	f.Fuzz(func(t *testing.T, a, b, c string) {
+		var l AuthLog
+		for _, m := range []string{a, b, c} {
+			before := l.Evidence
+			done := l.Done
+			l.Feed(m)
+			if done && !reflect.DeepEqual(l.Evidence, before) {
+				t.Fatalf("evidence changed after the success line: %+v -> %+v", before, l.Evidence)
+			}
+		}
+		for _, dn := range []string{l.Evidence.PeerCertDN, l.Evidence.TrustedCADN, l.Evidence.TrustedCertDN} {
+			if dn != "" && !strings.Contains(a+b+c, `"`+dn+`"`) {
+				t.Fatalf("DN %q was not quoted in the input", dn)
+			}
+		}
+	})
 }

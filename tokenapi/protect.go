@@ -98,6 +98,9 @@ func auditIToken(p Peer, a AuthFacts) string {
 	if id := PubKeyID(p.PeerKey); id != "" {
 		s += "; key " + strings.ToLower(p.PeerKey.Algorithm) + ":" + id
 	}
+	if p.KeyNote != "" {
+		s += "; " + p.KeyNote + ": no pubKeyID/channelBinding claimed"
+	}
 	return s
 }
 

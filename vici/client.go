@@ -315,6 +315,32 @@ func (c *Client) ListConns(ctx context.Context, name string) ([]ConnInfo, error)
 	return out, nil
 }
 
+// ListCerts lists the certificates and raw public keys in charon's
+// credential sets that match filter (list-certs). charon 5.9.8 lists the
+// ones loaded over VICI and the peer certificates it cached after
+// verifying them.
+func (c *Client) ListCerts(ctx context.Context, filter CertFilter) ([]Cert, error) {
+	in := govici.NewMessage()
+	for k, v := range map[string]string{"type": filter.Type, "flag": filter.Flag, "subject": filter.Subject} {
+		if v != "" {
+			_ = in.Set(k, v)
+		}
+	}
+	msgs, err := c.list(ctx, "list-certs", "list-cert", in)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Cert, 0, len(msgs))
+	for _, m := range msgs {
+		cert, err := decodeListCert(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cert)
+	}
+	return out, nil
+}
+
 // ListSAs lists IKE_SAs (with their CHILD_SAs) matching sel.
 func (c *Client) ListSAs(ctx context.Context, sel SASelector) ([]IKESA, error) {
 	msgs, err := c.list(ctx, "list-sas", "list-sa", selectorMessage(sel))

@@ -675,3 +675,17 @@ func oneSection(event string, m *govici.Message, dec func(string, *govici.Messag
 	}
 	return dec(name, sec)
 }
+
+// decodeListCert reads one list-cert event.
+func decodeListCert(m *govici.Message) (Cert, error) {
+	f := &fields{where: "list-cert", m: m}
+	c := Cert{Type: f.str("type"), Flag: f.str("flag"), HasPrivKey: f.flag("has_privkey"), Subject: f.str("subject")}
+	c.Data = []byte(f.str("data"))
+	if f.err == nil && c.Type == "" {
+		f.fail("type", "missing")
+	}
+	if f.err == nil && len(c.Data) == 0 {
+		f.fail("data", "missing: charon sent a certificate without its encoding")
+	}
+	return c, f.err
+}

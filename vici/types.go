@@ -287,3 +287,21 @@ type LogLine struct {
 	IKEID   uint32
 	Message string
 }
+
+// CertFilter selects certificates for ListCerts; empty fields match all.
+type CertFilter struct {
+	Type    string // X509, X509_AC, X509_CRL, OCSP_RESPONSE, PUBKEY, ANY
+	Flag    string // NONE, CA, AA, OCSP, ANY (X.509 only)
+	Subject string // an identity the certificate must match (subject or altName)
+}
+
+// Cert is one certificate or raw public key from charon's credential sets
+// (list-certs): what swanctl or obold loaded, and the peer certificates
+// charon cached after verifying them.
+type Cert struct {
+	Type       string // X509, PUBKEY, ...
+	Flag       string // NONE, CA, AA, OCSP (X.509)
+	HasPrivKey bool   // the matching private key is loaded
+	Data       []byte // DER: the certificate, or the SubjectPublicKeyInfo of a raw key
+	Subject    string // raw keys only: the identity charon bound the key to
+}

@@ -16,6 +16,7 @@ type Charon interface {
 	ConnNames(ctx context.Context) ([]string, error)
 	ListSAs(ctx context.Context, sel vici.SASelector) ([]vici.IKESA, error)
 	ListConns(ctx context.Context, name string) ([]vici.ConnInfo, error)
+	ListCerts(ctx context.Context, filter vici.CertFilter) ([]vici.Cert, error)
 	Initiate(ctx context.Context, ike, child string) error
 	Terminate(ctx context.Context, sel vici.SASelector) error
 	LoadShared(ctx context.Context, s vici.Shared) error

@@ -32,6 +32,9 @@ type fakeCharon struct {
 	down    bool
 	plugins []string
 	refuse  map[string]string // child -> the notify charon reports
+	certs   []vici.Cert       // list-certs; Subject filters X.509 entries too
+	// certsErr makes list-certs fail alone.
+	certsErr error
 }
 
 func newFake() *fakeCharon {
@@ -97,6 +100,23 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 	}
 	return out, f.rec("list-sas")
 }
+
+func (f *fakeCharon) ListCerts(_ context.Context, filter vici.CertFilter) ([]vici.Cert, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.certsErr != nil {
+		f.calls = append(f.calls, "list-certs")
+		return nil, f.certsErr
+	}
+	var out []vici.Cert
+	for _, c := range f.certs {
+		if (filter.Type == "" || filter.Type == "ANY" || filter.Type == c.Type) && (filter.Subject == "" || filter.Subject == c.Subject) {
+			out = append(out, c)
+		}
+	}
+	return out, f.rec("list-certs")
+}
+
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -105,9 +125,21 @@ func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo,
 		return nil, f.rec("list-conns")
 	}
 	ci := vici.ConnInfo{Name: c.Name}
-	for _, a := range c.Remote {
+	// As charon: a round's certs and pubkeys are listed by subject (the
+	// round's ID for raw keys; the fake uses the ID for certificates too).
+	round := func(a vici.Auth) vici.AuthInfo {
 		class := map[string]string{"psk": "pre-shared key", "pubkey": "public key"}[a.Auth]
-		ci.Remote = append(ci.Remote, vici.AuthInfo{Class: class, ID: a.ID})
+		ai := vici.AuthInfo{Class: class, ID: a.ID}
+		for range len(a.Pubkeys) + len(a.Certs) {
+			ai.Certs = append(ai.Certs, a.ID)
+		}
+		return ai
+	}
+	for _, a := range c.Local {
+		ci.Local = append(ci.Local, round(a))
+	}
+	for _, a := range c.Remote {
+		ci.Remote = append(ci.Remote, round(a))
 	}
 	return []vici.ConnInfo{ci}, f.rec("list-conns")
 }
