@@ -75,6 +75,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-label-above.toml", []string{`15: entry "hosts" lists label system_u:system_r:app_t:s5 but refuses it (level above the entry's high)`}},
 		{"bad-label-entry.toml", []string{`25: label_entry takes its labels and label mode from [labels]`}},
 		{"bad-auth.toml", []string{`7: "certificate" is not allowed here; write one of "pubkey", "psk"`}},
+		{"bad-lower-group.toml", []string{`6: group "no-such-group-obol" does not exist`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -35,9 +35,11 @@ const (
 	TypePTokenGet     Type = 0x02
 	TypePTokenRelease Type = 0x03
 	TypeITokenGet     Type = 0x04
+	TypeProtect       Type = 0x05 // the socket's fd travels in SCM_RIGHTS
 	TypePTokenReply   Type = 0x81
 	TypeOK            Type = 0x83
 	TypeITokenReply   Type = 0x84
+	TypeProtectReply  Type = 0x85
 	TypeError         Type = 0xFF
 )
 
@@ -51,6 +53,10 @@ func (t Type) String() string {
 		return "PTOKEN_RELEASE"
 	case TypeITokenGet:
 		return "ITOKEN_GET"
+	case TypeProtect:
+		return "PROTECT"
+	case TypeProtectReply:
+		return "PROTECT_REPLY"
 	case TypePTokenReply:
 		return "PTOKEN_REPLY"
 	case TypeOK:
@@ -86,6 +92,12 @@ const (
 	AttrErrorCode      uint16 = 17 // u16
 	AttrErrorText      uint16 = 18 // string
 	AttrMaxVersion     uint16 = 19 // u8
+	// Influence (PROTECT, PROTECT_REPLY).
+	AttrRequire  uint16 = 20 // u8: a Level, what PROTECT asks for
+	AttrPeerID   uint16 = 21 // string: the IKE identity the peer must have
+	AttrGranted  uint16 = 22 // u8: the Level in force after PROTECT (NONE when refused)
+	AttrPin      uint16 = 23 // u8: a Pin, how obold fixed the socket
+	AttrPinIface uint16 = 24 // string: the device a PIN_DEVICE socket is bound to
 
 	AttrCritical uint16 = 0x8000
 )
@@ -108,6 +120,7 @@ var attrKinds = map[uint16]kind{
 	AttrAuthMethod: kindU8, AttrCertDN: kindString, AttrCADN: kindString, AttrPubKeyID: kindString,
 	AttrChannelBinding: kindBlob, AttrLabel: kindString, AttrRemoteID: kindString,
 	AttrErrorCode: kindU16, AttrErrorText: kindString, AttrMaxVersion: kindU8,
+	AttrRequire: kindU8, AttrPeerID: kindString, AttrGranted: kindU8, AttrPin: kindU8, AttrPinIface: kindString,
 }
 
 // ErrBadMessage wraps every decoding error.
