@@ -40,6 +40,10 @@ type Server struct {
 	// server lives and cannot be guessed or compared across restarts.
 	secret [32]byte
 
+	// protector is the host's side of PROTECT; nil: PROTECT is unknown.
+	protector Protector
+	lowerGIDs []uint32 // tokenapi.lower_groups, resolved
+
 	mu      sync.Mutex
 	peers   map[uint64]*peerEntry // live iTokens, by handle
 	clients map[*clientConn]struct{}
@@ -78,11 +82,22 @@ func NewServer(cfg Config, facts Facts, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, facts: facts, log: log, peers: map[uint64]*peerEntry{}, clients: map[*clientConn]struct{}{}}
+	for _, g := range cfg.LowerGroups {
+		gid, err := lookupGID(g)
+		if err != nil {
+			return nil, fmt.Errorf("tokenapi.lower_groups: group %q: %w; create it or remove it from the list", g, err)
+		}
+		s.lowerGIDs = append(s.lowerGIDs, uint32(gid))
+	}
 	if _, err := rand.Read(s.secret[:]); err != nil {
 		return nil, fmt.Errorf("tokenapi: no randomness for the iToken handle space: %w", err)
 	}
 	return s, nil
 }
+
+// SetProtector lets the server answer PROTECT requests through p. Call it
+// before Serve.
+func (s *Server) SetProtector(p Protector) { s.protector = p }
 
 // Listen creates the server's socket at cfg.Socket with cfg.Mode and
 // cfg.Group, replacing a stale socket file nobody listens on.
@@ -321,7 +336,7 @@ func (s *Server) handle(ctx context.Context, cl *clientConn, msg []byte, flags i
 	if flags&unix.MSG_CTRUNC != 0 || len(fds) > 1 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, "pass exactly one descriptor with PTOKEN_QUERY")
 	}
-	if m.Type != wire.TypePTokenQuery && len(fds) > 0 {
+	if m.Type != wire.TypePTokenQuery && m.Type != wire.TypeProtect && len(fds) > 0 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, m.Type.String()+" takes no descriptor")
 	}
 	switch m.Type {
@@ -332,6 +347,21 @@ func (s *Server) handle(ctx context.Context, cl *clientConn, msg []byte, flags i
 		fd := fds[0]
 		fds = nil // query closes it as soon as it is inspected
 		return s.query(ctx, cl, h.ID, fd)
+	case wire.TypeProtect:
+		if s.protector == nil {
+			break
+		}
+		if len(fds) == 0 {
+			return s.errorReply(h.ID, wire.ErrCodeNoFD, "PROTECT needs the socket itself in SCM_RIGHTS; a descriptor number is not enough")
+		}
+		lv, _ := m.U8(wire.AttrRequire)
+		level := wire.Level(lv)
+		if level == wire.LevelNone || level > wire.LevelClear {
+			return s.errorReply(h.ID, wire.ErrCodeBadLevel, fmt.Sprintf("PROTECT needs REQUIRE = 1 (encryption), 2 (integrity), 3 (btns) or 4 (clear), got %d", lv))
+		}
+		fd := fds[0]
+		fds = nil // protect closes it once the socket is pinned
+		return s.protect(ctx, cl, h.ID, fd, level, m.String(wire.AttrPeerID))
 	case wire.TypePTokenGet, wire.TypePTokenRelease:
 		hd, ok := m.U64(wire.AttrPToken)
 		if !ok {
@@ -409,6 +439,12 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 		}
 		return s.errorReply(id, wire.ErrCodeInternal, "looking up the flow failed; see obold's log")
 	}
+	return s.newPToken(cl, id, wire.TypePTokenReply, flow, p, nil)
+}
+
+// newPToken registers a pToken for flow on cl and returns the reply of
+// type t carrying it; extra adds attributes after the pToken's.
+func (s *Server) newPToken(cl *clientConn, id uint32, t wire.Type, flow Flow, p Protection, extra func(*wire.Builder)) []byte {
 	if !p.Protected && p.Why == wire.ReasonNone {
 		p.Why = wire.ReasonUnknown
 	}
@@ -421,7 +457,7 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 		itoken = s.itokenHandle(identityKey(p.Peer, auth))
 		entry = &peerEntry{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)}
 	}
-	body := wire.NewBuilder(wire.TypePTokenReply, id).
+	body := wire.NewBuilder(t, id).
 		U64(wire.AttrPToken, 0). // placeholder, set below
 		U64(wire.AttrIToken, itoken).
 		Bool(wire.AttrProtected, p.Protected).
@@ -438,6 +474,17 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 	if err != nil {
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
 	}
+	ptokenEnd := len(msg) // PTOKEN_GET answers with the pToken's attributes alone
+	if extra != nil {
+		eb := wire.NewBuilder(t, id)
+		extra(eb)
+		more, err := eb.Bytes()
+		if err != nil {
+			return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+		}
+		msg = append(msg, more[wire.HeaderLen:]...)
+		binary.BigEndian.PutUint32(msg[12:16], uint32(len(msg)-wire.HeaderLen))
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -447,7 +494,8 @@ func (s *Server) query(ctx context.Context, cl *clientConn, id uint32, fd int) [
 	cl.next++
 	h := cl.next
 	binary.BigEndian.PutUint64(msg[wire.HeaderLen+4:wire.HeaderLen+12], h)
-	cl.ptokens[h] = &pToken{reply: slices.Clone(msg[wire.HeaderLen:]), itoken: itoken}
+	reply := slices.Clone(msg[wire.HeaderLen:ptokenEnd])
+	cl.ptokens[h] = &pToken{reply: reply, itoken: itoken}
 	if itoken != 0 {
 		if e := s.peers[itoken]; e != nil {
 			e.peer, e.auth, e.audit = entry.peer, entry.auth, entry.audit // the latest facts win
