@@ -30,9 +30,11 @@ enum {
 	T_PTOKEN_GET = 0x02,
 	T_PTOKEN_RELEASE = 0x03,
 	T_ITOKEN_GET = 0x04,
+	T_PROTECT = 0x05,
 	T_PTOKEN_REPLY = 0x81,
 	T_OK = 0x83,
 	T_ITOKEN_REPLY = 0x84,
+	T_PROTECT_REPLY = 0x85,
 	T_ERROR = 0xFF
 };
 
@@ -43,7 +45,8 @@ enum {
 	A_PUBKEY_ID = 13, A_CHANNEL_BINDING = 14, A_LABEL = 15,
 	A_REMOTE_ID = 16, A_ERROR_CODE = 17, A_ERROR_TEXT = 18,
 	A_MAX_VERSION = 19,
-	A_KNOWN_MAX = 19,
+	A_REQUIRE = 20, A_PEER_ID = 21, A_GRANTED = 22, A_PIN = 23, A_PIN_IFACE = 24,
+	A_KNOWN_MAX = 24,
 	A_CRITICAL = 0x8000
 };
 
@@ -58,6 +61,8 @@ static const unsigned char attr_kind[A_KNOWN_MAX + 1] = {
 	[A_CHANNEL_BINDING] = K_BLOB, [A_LABEL] = K_STRING,
 	[A_REMOTE_ID] = K_STRING, [A_ERROR_CODE] = K_U16,
 	[A_ERROR_TEXT] = K_STRING, [A_MAX_VERSION] = K_U8,
+	[A_REQUIRE] = K_U8, [A_PEER_ID] = K_STRING, [A_GRANTED] = K_U8,
+	[A_PIN] = K_U8, [A_PIN_IFACE] = K_STRING,
 };
 
 #define ERRTEXT_MAX (MAX_STRING + 128u)
@@ -367,14 +372,38 @@ static bool a_bool(const struct reply *r, int t) { return r->a[t].present && r->
 
 /* ---- round trip ---- */
 
-/* roundtrip sends one request with up to 2 attributes' worth of body (one u64)
- * and, when fd >= 0, the descriptor in SCM_RIGHTS; it reads the reply to it,
- * skipping late replies to earlier abandoned requests, and checks its type. */
+#define MAX_REQUEST_BODY (4u + 1u + 4u + MAX_STRING)
+
+/* roundtrip_body sends one request with body[0:body_len] (encoded
+ * attributes, at most MAX_REQUEST_BODY bytes) and, when fd >= 0, the
+ * descriptor in SCM_RIGHTS; it reads the reply to it, skipping late replies
+ * to earlier abandoned requests, and checks its type. */
+static int roundtrip_body(ipsec_conn *c, uint8_t type, const unsigned char *body, size_t body_len, int fd,
+			  uint8_t want, struct reply *r);
+
+/* roundtrip sends a request whose body is one u64 attribute (none when
+ * attr is 0). */
 static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, int fd,
 		     uint8_t want, struct reply *r)
 {
-	unsigned char req[HEADER_LEN + 12];
+	unsigned char body[12] = { 0 };
+	size_t len = 0;
+	if (attr != 0) {
+		put16(body, attr);
+		put16(body + 2, 8);
+		put64(body + 4, val);
+		len = 12;
+	}
+	return roundtrip_body(c, type, body, len, fd, want, r);
+}
+
+static int roundtrip_body(ipsec_conn *c, uint8_t type, const unsigned char *body, size_t body_len, int fd,
+			  uint8_t want, struct reply *r)
+{
+	unsigned char req[HEADER_LEN + MAX_REQUEST_BODY];
 	size_t len = HEADER_LEN;
+	if (body_len > MAX_REQUEST_BODY)
+		return fail(c, IPSEC_E_INVALID, EINVAL, "token API: request body of %zu bytes is too long", body_len);
 	c->next_id++;
 	if (c->next_id == 0) /* 0 means "not an answer"; never use it */
 		c->next_id = 1;
@@ -384,12 +413,9 @@ static int roundtrip(ipsec_conn *c, uint8_t type, uint16_t attr, uint64_t val, i
 	req[5] = type;
 	put16(req + 6, 0);
 	put32(req + 8, id);
-	if (attr != 0) {
-		put16(req + len, attr);
-		put16(req + len + 2, 8);
-		put64(req + len + 4, val);
-		len += 12;
-	}
+	if (body_len > 0)
+		memcpy(req + len, body, body_len);
+	len += body_len;
 	put32(req + 12, (uint32_t)(len - HEADER_LEN));
 
 	struct iovec iov = { .iov_base = req, .iov_len = len };
@@ -488,7 +514,7 @@ static size_t need(const struct reply *r, int t) { return r->a[t].present ? r->a
 static const char *put_str(struct store *s, const struct reply *r, int t)
 {
 	char *p = s->mem + s->off;
-	size_t len = r->a[t].present ? r->a[t].len : 0;
+	size_t len = t >= 0 && r->a[t].present ? r->a[t].len : 0;
 	if (len > 0)
 		memcpy(p, r->a[t].val, len);
 	p[len] = '\0';
@@ -622,6 +648,90 @@ void ipsec_itoken_free(ipsec_itoken *it)
 	memset(it, 0, sizeof *it);
 }
 
+/* ---- influence ---- */
+
+int ipsec_protect(ipsec_conn *conn, int sockfd, int level, const char *peer_id, ipsec_grant *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	out->why_text = out->pin_iface = out->peer_id = "";
+	if (sockfd < 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: invalid socket descriptor %d", sockfd);
+	if (level < 0 || level > 255)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: level %d is not an enum ipsec_level", level);
+	size_t plen = peer_id != NULL ? strlen(peer_id) : 0;
+	if (plen > MAX_STRING)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: peer_id is longer than %u bytes", MAX_STRING);
+	if (plen > 0 && !utf8_valid((const unsigned char *)peer_id, plen))
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: peer_id is not UTF-8");
+	unsigned char body[MAX_REQUEST_BODY];
+	size_t n = 0;
+	put16(body, A_REQUIRE);
+	put16(body + 2, 1);
+	body[4] = (unsigned char)level;
+	n = 5;
+	if (plen > 0) {
+		put16(body + n, A_PEER_ID);
+		put16(body + n + 2, (uint16_t)plen);
+		memcpy(body + n + 4, peer_id, plen);
+		n += 4 + plen;
+	}
+	struct reply r;
+	int rc = roundtrip_body(conn, T_PROTECT, body, n, sockfd, T_PROTECT_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	rc = decode_ptoken(conn, &r, 0, &out->ptoken);
+	if (rc != IPSEC_OK)
+		return rc;
+	struct store s = { .size = need(&r, A_WHY_TEXT) + need(&r, A_PIN_IFACE) + need(&r, A_REMOTE_ID) };
+	s.mem = malloc(s.size);
+	if (s.mem == NULL) {
+		ipsec_ptoken_free(&out->ptoken);
+		return fail(conn, IPSEC_E_SYSTEM, ENOMEM, "token API: out of memory");
+	}
+	out->granted = (int)a_u8(&r, A_GRANTED);
+	out->pin = (int)a_u8(&r, A_PIN);
+	if (out->granted == IPSEC_LEVEL_NONE) {
+		out->why = (int)a_u16(&r, A_WHY_CODE);
+		out->why_text = put_str(&s, &r, A_WHY_TEXT);
+	} else {
+		out->why_text = put_str(&s, &r, -1);
+	}
+	out->pin_iface = put_str(&s, &r, A_PIN_IFACE);
+	out->peer_id = put_str(&s, &r, A_REMOTE_ID);
+	out->mem_ = s.mem;
+	return ok(conn);
+}
+
+void ipsec_grant_free(ipsec_grant *grant)
+{
+	if (grant == NULL)
+		return;
+	ipsec_ptoken_free(&grant->ptoken);
+	free(grant->mem_);
+	memset(grant, 0, sizeof *grant);
+}
+
+const char *ipsec_level_name(int level)
+{
+	static const char *const names[] = { "NONE", "ENCRYPTION", "INTEGRITY", "BTNS", "CLEAR" };
+	if (level >= 0 && (size_t)level < sizeof names / sizeof names[0])
+		return names[level];
+	return NULL;
+}
+
+const char *ipsec_pin_name(int pin)
+{
+	static const char *const names[] = { "NONE", "DEVICE", "XFRM", "BYPASS" };
+	if (pin >= 0 && (size_t)pin < sizeof names / sizeof names[0])
+		return names[pin];
+	return NULL;
+}
+
 /* ---- names ---- */
 
 static const char *const status_names[] = {
@@ -640,6 +750,8 @@ static const char *const status_names[] = {
 	[IPSEC_E_UNAVAILABLE] = "UNAVAILABLE",
 	[IPSEC_E_INTERNAL] = "INTERNAL",
 	[IPSEC_E_DENIED] = "DENIED",
+	[IPSEC_E_BAD_LEVEL] = "BAD_LEVEL",
+	[IPSEC_E_PIN_FAILED] = "PIN_FAILED",
 };
 
 static const char *const local_names[] = { "SYSTEM", "TIMEOUT", "CLOSED", "BAD_REPLY", "INVALID" };
@@ -660,6 +772,8 @@ static const char *const status_texts[] = {
 	[IPSEC_E_UNAVAILABLE] = "IPSEC_E_UNAVAILABLE: IPsec state unavailable, retry later",
 	[IPSEC_E_INTERNAL] = "IPSEC_E_INTERNAL: obold failed, see its log",
 	[IPSEC_E_DENIED] = "IPSEC_E_DENIED: this user may not use the token API",
+	[IPSEC_E_BAD_LEVEL] = "IPSEC_E_BAD_LEVEL: not a protection level obold knows",
+	[IPSEC_E_PIN_FAILED] = "IPSEC_E_PIN_FAILED: obold could not pin the socket; its traffic is not held back",
 };
 
 static const char *const local_texts[] = {
@@ -683,7 +797,7 @@ const char *ipsec_status_name(int code)
 
 const char *ipsec_strerror(int code)
 {
-	if (code >= 0 && (size_t)code < NELEM(status_texts))
+	if (code >= 0 && (size_t)code < NELEM(status_texts) && status_texts[code] != NULL)
 		return status_texts[code];
 	if (code >= IPSEC_E_SYSTEM && (size_t)(code - IPSEC_E_SYSTEM) < NELEM(local_texts))
 		return local_texts[code - IPSEC_E_SYSTEM];
@@ -707,7 +821,12 @@ const char *ipsec_why_name(int why)
 		"NONE", "NO_POLICY", "NO_SA", "NEGOTIATION_FAILED", "AUTH_FAILED", "LABEL_DENIED",
 		"OE_NO_RECORDS", "OE_UNUSABLE", "LOCAL", "BLOCKED", "UNKNOWN",
 	};
+	static const char *const protect_names[] = {
+		"PEER_MISMATCH", "DENIED", "POLICY_WINS", "DNS_TIMEOUT", "INSUFFICIENT",
+	};
 	if (why >= 0 && (size_t)why < NELEM(names))
 		return names[why];
+	if (why >= IPSEC_WHY_PEER_MISMATCH && (size_t)(why - IPSEC_WHY_PEER_MISMATCH) < NELEM(protect_names))
+		return protect_names[why - IPSEC_WHY_PEER_MISMATCH];
 	return NULL;
 }
