@@ -33,7 +33,10 @@ func (s *Server) protect(ctx context.Context, cl *clientConn, id uint32, fd int,
 	if full {
 		return s.errorReply(id, wire.ErrCodeLimit, fmt.Sprintf("this connection holds %d pTokens; release some (PTOKEN_RELEASE)", s.cfg.MaxPTokens))
 	}
-	log := s.log.With("pid", cl.cred.Pid, "uid", cl.cred.Uid, "flow", flow, "require", level)
+	log := s.log.With("flow", flow, "require", level)
+	if cl.cred != nil {
+		log = log.With("pid", cl.cred.Pid, "uid", cl.cred.Uid)
+	}
 	mayLower := false
 	if level == wire.LevelClear {
 		var basis string
@@ -133,6 +136,9 @@ func SameIdentity(a, b string) bool {
 // CAP_NET_ADMIN in its effective set, or membership of a lower_groups
 // group, read through its pidfd (not a pid that may be recycled).
 func (s *Server) mayLower(cl *clientConn) (bool, string) {
+	if cl.conn == nil {
+		return false, "no client connection to read privileges from"
+	}
 	proc, err := peercred.ProcessOf(cl.conn)
 	if err != nil {
 		return false, "privileges unknown: " + err.Error()

@@ -134,6 +134,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(TypePTokenQuery, Version, 0, nil))
 	f.Add(frame(TypeITokenGet, Version, 0, attr(AttrIToken, make([]byte, 8))))
 	f.Add(frame(TypePTokenGet, Version, 0, attr(0x8001, nil)))
+	protect, _ := NewBuilder(TypeProtect, 4).U8(AttrRequire, uint8(LevelEncryption)).String(AttrPeerID, "@peer").Bytes()
+	f.Add(protect)
+	grant, _ := NewBuilder(TypeProtectReply, 4).U64(AttrPToken, 1).U8(AttrGranted, uint8(LevelBTNS)).U8(AttrPin, uint8(PinDevice)).String(AttrPinIface, "ipsec0").Bytes()
+	f.Add(grant)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := Decode(in)
 		if err != nil {
@@ -151,4 +155,21 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n in %x\nout %x", in, out)
 		}
 	})
+}
+
+func TestParseLevel(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Level
+		err  bool
+	}{
+		{"encryption", LevelEncryption, false}, {"INTEGRITY", LevelIntegrity, false}, {"btns", LevelBTNS, false},
+		{"Clear", LevelClear, false}, {"none", LevelNone, true}, {"", LevelNone, true}, {"max", LevelNone, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseLevel(tt.in)
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("ParseLevel(%q) = %s, %v", tt.in, got, err)
+		}
+	}
 }
