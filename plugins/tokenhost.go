@@ -35,6 +35,17 @@ type TokenHost interface {
 	// lets the flow go clear. The module checks the level and peer itself
 	// against the SA it then finds, and pins the socket.
 	Protect(ctx context.Context, r TokenProtect) (TokenProtectOutcome, error)
+	// PinTarget says where ESP runs, so the module can pin a socket before
+	// asking Protect (no packet slips out in clear while IKE runs).
+	PinTarget(ctx context.Context) (TokenPinTarget, error)
+}
+
+// TokenPinTarget is what a socket's pin depends on.
+type TokenPinTarget struct {
+	// Datapath is charon's ("kernel" or "userspace"); Device is its TUN
+	// device on the userspace datapath.
+	Datapath Datapath
+	Device   string
 }
 
 // TokenProtect is a PROTECT request as the host sees it.
@@ -55,10 +66,6 @@ type TokenProtectOutcome struct {
 	// refuses to let the flow go clear (CLEAR); ReasonNone when done.
 	Why     wire.Reason
 	WhyText string
-	// Datapath is charon's ("kernel" or "userspace") and Device its TUN
-	// device on the userspace datapath: they choose the socket's pin.
-	Datapath Datapath
-	Device   string
 	// OuterLocal and OuterRemote are the covering SA's IKE addresses (for
 	// a per-socket ESP template), when known.
 	OuterLocal, OuterRemote netip.Addr

@@ -70,8 +70,12 @@ type ProtectOutcome = plugins.TokenProtectOutcome
 // ProtectRequest is a PROTECT request as the host sees it.
 type ProtectRequest = plugins.TokenProtect
 
-// Protector is the host's side of PROTECT (plugins.TokenHost.Protect). A
-// server without one answers PROTECT with UNKNOWN_TYPE.
+// PinTarget is what a socket's pin depends on.
+type PinTarget = plugins.TokenPinTarget
+
+// Protector is the host's side of PROTECT (plugins.TokenHost.Protect and
+// PinTarget). A server without one answers PROTECT with UNKNOWN_TYPE.
 type Protector interface {
 	Protect(ctx context.Context, r ProtectRequest) (ProtectOutcome, error)
+	PinTarget(ctx context.Context) (PinTarget, error)
 }

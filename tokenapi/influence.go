@@ -44,17 +44,45 @@ func (s *Server) protect(ctx context.Context, cl *clientConn, id uint32, fd int,
 		log = log.With("may_lower", mayLower, "basis", basis)
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProtectTimeout)
+	defer cancel()
+	target, err := s.protector.PinTarget(pctx)
+	if err != nil {
+		log.Warn("tokenapi: PROTECT: datapath unknown", "err", err)
+		return s.errorReply(id, wire.ErrCodeUnavailable, "obold cannot tell charon's datapath now ("+err.Error()+"); the socket was not changed; retry shortly")
+	}
+	var pin wire.Pin
+	var iface string
+	if level != wire.LevelClear {
+		// Pinned before any IKE runs: while the SA comes up, the socket's
+		// packets wait (or are dropped and retransmitted), never go clear.
+		if pin, iface, err = pinProtected(fd, target, flow.Local.Addr(), flow.Remote.Addr()); err != nil {
+			log.Error("tokenapi: PROTECT could not pin the socket", "err", err)
+			return s.errorReply(id, wire.ErrCodePinFailed, "obold could not pin the socket ("+err.Error()+"); its traffic is NOT held back: close it")
+		}
+	}
 	out, err := s.protector.Protect(pctx, ProtectRequest{Flow: flow, Level: level, PeerID: peerID, MayLower: mayLower})
-	cancel()
 	if err != nil {
 		log.Warn("tokenapi: PROTECT failed", "err", err)
+		if pin != wire.PinNone {
+			return s.errorReply(id, wire.ErrCodeUnavailable, "obold cannot act on IPsec right now ("+err.Error()+"); the socket is pinned (nothing leaves in clear); retry shortly")
+		}
 		return s.errorReply(id, wire.ErrCodeUnavailable, "obold cannot act on IPsec right now ("+err.Error()+"); the socket was not changed; retry shortly")
 	}
-	bypass := level == wire.LevelClear && out.Why == wire.ReasonNone
-	pin, iface, err := pinFor(fd, bypass, out, flow)
+	switch {
+	case level == wire.LevelClear && out.Why == wire.ReasonNone:
+		pin, iface, err = wire.PinBypass, "", pinBypass(fd, flow.Local.Addr())
+	case level == wire.LevelClear:
+		// Refused: nothing of this socket leaves in clear either.
+		pin, iface, err = pinProtected(fd, target, flow.Local.Addr(), flow.Remote.Addr())
+	case pin == wire.PinXFRM && out.OuterLocal.IsValid() && out.OuterRemote.IsValid() &&
+		(out.OuterLocal != flow.Local.Addr() || out.OuterRemote != flow.Remote.Addr()):
+		// A gateway tunnel: require ESP between its outer addresses
+		// (setting the policy again replaces it).
+		pin, iface, err = pinProtected(fd, target, out.OuterLocal, out.OuterRemote)
+	}
 	if err != nil {
 		log.Error("tokenapi: PROTECT could not pin the socket", "err", err)
-		return s.errorReply(id, wire.ErrCodePinFailed, "obold could not pin the socket ("+err.Error()+"); its traffic is NOT held back: close it")
+		return s.errorReply(id, wire.ErrCodePinFailed, "obold could not pin the socket ("+err.Error()+"); its traffic may NOT be held back: close it")
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	p, err := s.facts.Protection(qctx, flow)

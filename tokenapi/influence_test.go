@@ -18,9 +18,16 @@ import (
 
 // fakeProtector answers PROTECT with a fixed outcome and records requests.
 type fakeProtector struct {
-	mu   sync.Mutex
-	out  tokenapi.ProtectOutcome
-	reqs []tokenapi.ProtectRequest
+	mu     sync.Mutex
+	target tokenapi.PinTarget
+	out    tokenapi.ProtectOutcome
+	reqs   []tokenapi.ProtectRequest
+}
+
+func (f *fakeProtector) PinTarget(context.Context) (tokenapi.PinTarget, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.target, nil
 }
 
 func (f *fakeProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (tokenapi.ProtectOutcome, error) {
@@ -30,10 +37,10 @@ func (f *fakeProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (t
 	return f.out, nil
 }
 
-func (f *fakeProtector) set(o tokenapi.ProtectOutcome) {
+func (f *fakeProtector) set(t tokenapi.PinTarget, o tokenapi.ProtectOutcome) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.out = o
+	f.target, f.out = t, o
 }
 
 func (f *fakeProtector) last() tokenapi.ProtectRequest {
@@ -67,26 +74,30 @@ func TestProtect(t *testing.T) {
 	})
 	prot := &fakeProtector{}
 	_, sock := tokenapitest.ServeProtect(t, tokenapi.Config{}, facts, prot)
-	userspace := tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo"}
+	userspace := tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}
+	kernel := tokenapi.PinTarget{Datapath: "kernel"}
 	loop := netip.MustParseAddr("127.0.0.1")
+	done := tokenapi.ProtectOutcome{}
 	tests := []struct {
 		name    string
 		scen    string
 		req     client.Request
+		target  tokenapi.PinTarget
 		out     tokenapi.ProtectOutcome
 		granted wire.Level
 		why     wire.Reason
 		pin     wire.Pin
 	}{
-		{"reuse an OE SA", "oe", client.Request{Level: wire.LevelEncryption}, userspace, wire.LevelEncryption, 0, wire.PinDevice},
-		{"named peer matches (@, case)", "oe", client.Request{Level: wire.LevelBTNS, PeerID: "192.0.2.2"}, userspace, wire.LevelEncryption, 0, wire.PinDevice},
-		{"named peer differs", "oe", client.Request{Level: wire.LevelEncryption, PeerID: "@moon.example"}, userspace, wire.LevelNone, wire.ReasonPeerMismatch, wire.PinDevice},
-		{"ESP-NULL is not encryption", "null", client.Request{Level: wire.LevelEncryption}, userspace, wire.LevelNone, wire.ReasonInsufficient, wire.PinDevice},
-		{"ESP-NULL gives integrity", "null", client.Request{Level: wire.LevelIntegrity}, userspace, wire.LevelIntegrity, 0, wire.PinDevice},
-		{"no OE records: refused, pinned", "clear", client.Request{Level: wire.LevelEncryption}, tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo", Why: wire.ReasonOENoRecords, WhyText: "no OE records for 127.0.0.1"}, wire.LevelNone, wire.ReasonOENoRecords, wire.PinDevice},
-		{"kernel ESP: XFRM pin", "oe", client.Request{Level: wire.LevelEncryption}, tokenapi.ProtectOutcome{Datapath: "kernel", OuterLocal: loop, OuterRemote: loop}, wire.LevelEncryption, 0, wire.PinXFRM},
-		{"clear granted: bypass", "clear", client.Request{Level: wire.LevelClear}, userspace, wire.LevelClear, 0, wire.PinBypass},
-		{"clear denied: still pinned", "clear", client.Request{Level: wire.LevelClear}, tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo", Why: wire.ReasonDenied, WhyText: "needs privilege"}, wire.LevelNone, wire.ReasonDenied, wire.PinDevice},
+		{"reuse an OE SA", "oe", client.Request{Level: wire.LevelEncryption}, userspace, done, wire.LevelEncryption, 0, wire.PinDevice},
+		{"named peer matches (@, case)", "oe", client.Request{Level: wire.LevelBTNS, PeerID: "192.0.2.2"}, userspace, done, wire.LevelEncryption, 0, wire.PinDevice},
+		{"named peer differs", "oe", client.Request{Level: wire.LevelEncryption, PeerID: "@moon.example"}, userspace, done, wire.LevelNone, wire.ReasonPeerMismatch, wire.PinDevice},
+		{"ESP-NULL is not encryption", "null", client.Request{Level: wire.LevelEncryption}, userspace, done, wire.LevelNone, wire.ReasonInsufficient, wire.PinDevice},
+		{"ESP-NULL gives integrity", "null", client.Request{Level: wire.LevelIntegrity}, userspace, done, wire.LevelIntegrity, 0, wire.PinDevice},
+		{"no OE records: refused, pinned", "clear", client.Request{Level: wire.LevelEncryption}, userspace, tokenapi.ProtectOutcome{Why: wire.ReasonOENoRecords, WhyText: "no OE records for 127.0.0.1"}, wire.LevelNone, wire.ReasonOENoRecords, wire.PinDevice},
+		{"kernel ESP: XFRM pin", "oe", client.Request{Level: wire.LevelEncryption}, kernel, tokenapi.ProtectOutcome{OuterLocal: loop, OuterRemote: loop}, wire.LevelEncryption, 0, wire.PinXFRM},
+		{"kernel ESP, gateway outer addresses", "oe", client.Request{Level: wire.LevelEncryption}, kernel, tokenapi.ProtectOutcome{OuterLocal: netip.MustParseAddr("192.0.2.1"), OuterRemote: netip.MustParseAddr("192.0.2.2")}, wire.LevelEncryption, 0, wire.PinXFRM},
+		{"clear granted: bypass", "clear", client.Request{Level: wire.LevelClear}, userspace, done, wire.LevelClear, 0, wire.PinBypass},
+		{"clear denied: still pinned", "clear", client.Request{Level: wire.LevelClear}, userspace, tokenapi.ProtectOutcome{Why: wire.ReasonDenied, WhyText: "needs privilege"}, wire.LevelNone, wire.ReasonDenied, wire.PinDevice},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,7 +113,7 @@ func TestProtect(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			prot.set(tt.out)
+			prot.set(tt.target, tt.out)
 			g, err := c.Protect(ctx, conn, tt.req)
 			if err != nil {
 				t.Fatal(err)
@@ -146,7 +157,7 @@ func peerOf(scen string) string {
 func TestProtectErrors(t *testing.T) {
 	facts := tokenapitest.NewPortFacts()
 	lns := tokenapitest.Listeners(t, facts, map[string]tokenapi.Protection{"x": {Why: wire.ReasonNoPolicy}})
-	_, sock := tokenapitest.ServeProtect(t, tokenapi.Config{}, facts, &fakeProtector{out: tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo"}})
+	_, sock := tokenapitest.ServeProtect(t, tokenapi.Config{}, facts, &fakeProtector{target: tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}})
 	_, plain := tokenapitest.Serve(t, tokenapi.Config{}, facts)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

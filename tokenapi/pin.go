@@ -148,20 +148,13 @@ func putAddr(dst []byte, a netip.Addr) {
 	copy(dst, v[:])
 }
 
-// pinFor applies the pin a PROTECT outcome calls for and says which.
-func pinFor(fd int, bypass bool, r ProtectOutcome, flow Flow) (wire.Pin, string, error) {
-	switch {
-	case bypass:
-		return wire.PinBypass, "", pinBypass(fd, flow.Local.Addr())
-	case r.Datapath == "userspace":
-		return wire.PinDevice, r.Device, pinDevice(fd, r.Device)
-	default:
-		local, remote := r.OuterLocal, r.OuterRemote
-		if !local.IsValid() || !remote.IsValid() {
-			// No SA to take outer addresses from: require ESP between the
-			// flow's own hosts (an OE or host-to-host tunnel's outer pair).
-			local, remote = flow.Local.Addr(), flow.Remote.Addr()
-		}
-		return wire.PinXFRM, "", pinXFRM(fd, local, remote)
+// pinProtected pins fd so its traffic leaves only IPsec-protected: to the
+// TUN device on the userspace datapath, else per-socket XFRM policies
+// requiring ESP between local and remote (the SA's outer addresses, or the
+// flow's hosts before an SA is known).
+func pinProtected(fd int, t PinTarget, local, remote netip.Addr) (wire.Pin, string, error) {
+	if t.Datapath == "userspace" {
+		return wire.PinDevice, t.Device, pinDevice(fd, t.Device)
 	}
+	return wire.PinXFRM, "", pinXFRM(fd, local, remote)
 }

@@ -96,8 +96,12 @@ func FuzzHandle(f *testing.F) {
 // for the TUN device; CLEAR is refused.
 type fuzzProtector struct{}
 
+func (fuzzProtector) PinTarget(context.Context) (PinTarget, error) {
+	return PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
 func (fuzzProtector) Protect(_ context.Context, r ProtectRequest) (ProtectOutcome, error) {
-	out := ProtectOutcome{Datapath: "userspace", Device: "lo"}
+	var out ProtectOutcome
 	if r.Level == wire.LevelClear {
 		out.Why, out.WhyText = wire.ReasonDenied, "fuzz"
 	}

@@ -45,8 +45,12 @@ func startTokenAPI(t *testing.T) (sock string, addrs map[string]string) {
 // TUN device, and refuses every CLEAR request.
 type loopProtector struct{}
 
+func (loopProtector) PinTarget(context.Context) (tokenapi.PinTarget, error) {
+	return tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
 func (loopProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (tokenapi.ProtectOutcome, error) {
-	out := tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo"}
+	var out tokenapi.ProtectOutcome
 	if r.Level == wire.LevelClear {
 		out.Why, out.WhyText = wire.ReasonPolicyWins, "configured tunnel moon covers the flow"
 	}

@@ -26,14 +26,8 @@ const libipsecDevice = "ipsec0"
 func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugins.TokenProtectOutcome, error) {
 	h.d.mu.Lock()
 	eng := h.d.oe
-	out := plugins.TokenProtectOutcome{Datapath: plugins.Datapath(h.d.state.Datapath)}
 	h.d.mu.Unlock()
-	if out.Datapath == plugins.DatapathUserspace {
-		out.Device = libipsecDevice
-		if _, err := net.InterfaceByName(libipsecDevice); err != nil {
-			return out, fmt.Errorf("charon's TUN device %s is missing (%v); is kernel-libipsec loaded?", libipsecDevice, err)
-		}
-	}
+	var out plugins.TokenProtectOutcome
 	f := r.Flow
 	var dec *policy.Decision
 	if eng != nil {
@@ -101,6 +95,25 @@ func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugin
 	return out, nil
 }
 
+// PinTarget implements plugins.TokenHost: charon's datapath, and on the
+// userspace one its TUN device, which must exist.
+func (h *tokenHost) PinTarget(ctx context.Context) (plugins.TokenPinTarget, error) {
+	h.d.mu.Lock()
+	t := plugins.TokenPinTarget{Datapath: plugins.Datapath(h.d.state.Datapath)}
+	h.d.mu.Unlock()
+	switch t.Datapath {
+	case plugins.DatapathUserspace:
+		t.Device = libipsecDevice
+		if _, err := net.InterfaceByName(libipsecDevice); err != nil {
+			return t, fmt.Errorf("charon's TUN device %s is missing (%v); is kernel-libipsec loaded?", libipsecDevice, err)
+		}
+	case plugins.DatapathKernel:
+	default:
+		return t, fmt.Errorf("charon's datapath is not known yet (is charon connected?)")
+	}
+	return t, nil
+}
+
 // judgeClear: a flow may go clear only where system policy lets it, and
 // asking for less than policy needs privilege. private, block and
 // configured tunnels win over everyone.
@@ -165,7 +178,10 @@ func (h *tokenHost) covering(ctx context.Context, f plugins.TokenFlow) (plugins.
 // outer fills the SA's IKE addresses (for a per-socket ESP template) on
 // the kernel datapath; the userspace pin needs none.
 func (h *tokenHost) outer(ctx context.Context, out *plugins.TokenProtectOutcome, sa plugins.TokenSA) {
-	if out.Datapath != plugins.DatapathKernel {
+	h.d.mu.Lock()
+	kernel := h.d.state.Datapath == string(plugins.DatapathKernel)
+	h.d.mu.Unlock()
+	if !kernel {
 		return
 	}
 	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{IKE: sa.Child.IKEName})

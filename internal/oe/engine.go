@@ -121,8 +121,8 @@ type Engine struct {
 	// Request's waiters watch it.
 	changed chan struct{}
 	wg      sync.WaitGroup
-	ctx       context.Context
-	stopped   bool
+	ctx     context.Context
+	stopped bool
 }
 
 type backoff struct {

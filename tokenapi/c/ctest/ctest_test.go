@@ -246,8 +246,12 @@ func newEnv(t *testing.T) *env {
 // in for the TUN device; CLEAR is refused (a configured tunnel wins).
 type loopProtector struct{}
 
+func (loopProtector) PinTarget(context.Context) (tokenapi.PinTarget, error) {
+	return tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
 func (loopProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (tokenapi.ProtectOutcome, error) {
-	out := tokenapi.ProtectOutcome{Datapath: "userspace", Device: "lo"}
+	var out tokenapi.ProtectOutcome
 	if r.Level == wire.LevelClear {
 		out.Why, out.WhyText = wire.ReasonPolicyWins, "configured tunnel \"moon\" covers the flow"
 	}
