@@ -303,3 +303,89 @@ func TestTokenProtect(t *testing.T) {
 		t.Fatalf("root could not inspect the socket: %v\n%s", err, out)
 	}
 }
+
+// TestTokenProtectSwanctl: without OE, a request for encryption initiates
+// the swanctl child whose selectors cover the flow (loaded, not up); the
+// configured tunnel then cannot be lowered, even by root; a flow nothing
+// covers is refused with NO_POLICY, and pinned.
+func TestTokenProtectSwanctl(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	loadSwanctl(t, ha, swanctlHosts("192.0.2.11", "192.0.2.12"))
+	loadSwanctl(t, hb, swanctlHosts("192.0.2.12", "192.0.2.11"))
+	sockA := filepath.Join(ha.Dir, "token.sock")
+	startObold(t, ha, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", sockA))
+	startObold(t, hb, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\n", filepath.Join(hb.Dir, "token.sock")))
+	if out := swanctl(t, ha, "--list-sas"); strings.Contains(out, "hh:") {
+		t.Fatalf("the tunnel is up before anyone asked:\n%s", out)
+	}
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7201")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sinkB := newSink(t, ln)
+	tc, err := client.Dial(ctx, sockA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+
+	conn, _ := dialTCP(t, ctx, ha, "192.0.2.12:7201")
+	g, err := tc.Protect(ctx, conn, client.Request{Level: tokenwire.LevelEncryption, PeerID: "192.0.2.12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Granted != tokenwire.LevelEncryption || g.Pin != tokenwire.PinDevice || g.PeerID != "192.0.2.12" || !strings.Contains(g.PToken.Audit, "conn=hh child=host") {
+		t.Fatalf("grant %+v: want ENCRYPTION through conn hh", g)
+	}
+	clear := wire(t, l, "ip and host 192.0.2.11 and host 192.0.2.12 and not (udp port 500 or udp port 4500)")
+	esp := wire(t, l, "udp port 4500 and host 192.0.2.11 and host 192.0.2.12")
+	payload := strings.Repeat("y", 256<<10)
+	if _, err := conn.Write([]byte(payload)); err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseWrite()
+	select {
+	case n := <-sinkB.got:
+		if n != len(payload) {
+			t.Fatalf("hostb got %d bytes, want %d", n, len(payload))
+		}
+	case <-ctx.Done():
+		t.Fatal("hostb never got the data")
+	}
+	assertEncrypted(t, clear, esp)
+
+	// The configured tunnel wins over everyone, root included.
+	other, _ := dialTCP(t, ctx, ha, "192.0.2.12:7201")
+	g2, err := tc.Protect(ctx, other, client.Request{Level: tokenwire.LevelClear})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g2.Refused() || g2.PToken.Why != tokenwire.ReasonPolicyWins || !strings.Contains(g2.PToken.WhyText, "hh") || g2.Pin != tokenwire.PinDevice {
+		t.Fatalf("lowering a configured tunnel: %+v, want POLICY_WINS naming hh", g2)
+	}
+
+	// Nothing covers 192.0.2.1: NO_POLICY, and the socket is pinned.
+	udp, err := ha.Dial(ctx, "udp", "192.0.2.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	g3, err := tc.Protect(ctx, udp.(*net.UDPConn), client.Request{Level: tokenwire.LevelBTNS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g3.Refused() || g3.PToken.Why != tokenwire.ReasonNoPolicy || g3.Pin != tokenwire.PinDevice {
+		t.Fatalf("uncovered flow: %+v, want NO_POLICY, pinned", g3)
+	}
+	leak := wire(t, l, fmt.Sprintf("src host 192.0.2.11 and udp src port %d", udp.LocalAddr().(*net.UDPAddr).Port))
+	for i := 0; i < 10; i++ {
+		udp.Write([]byte("refused datagram"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lines := stopCapture(t, leak); len(lines) > 0 {
+		t.Fatalf("a refused socket sent %d datagrams in clear:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+}
