@@ -389,3 +389,108 @@ func TestTokenProtectSwanctl(t *testing.T) {
 		t.Fatalf("a refused socket sent %d datagrams in clear:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 }
+
+// TestTokenProtectLowerBypass: where policy would protect a destination
+// (private-or-clear, hostb publishes its key), a privileged caller's CLEAR
+// grant really takes its socket out: with the OE tunnel to hostb up, its
+// datagrams cross in clear while another socket's go only as ESP.
+func TestTokenProtectLowerBypass(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
+	if err := l.SetZone(ctx, lab.Zone{Name: "2.0.192.in-addr.arpa.", Records: []string{
+		"11 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns,
+		"12 300 IN IPSECKEY 10 1 2 192.0.2.12 " + kb.dns,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	sockA := filepath.Join(ha.Dir, "token.sock")
+	conf := func(addr, key, sock string) string {
+		return fmt.Sprintf(`
+[oe]
+address = %q
+key_file = %q
+[oe.dns]
+server = "192.0.2.53:53"
+require_dnssec = true
+[[oe.group]]
+group = "private-or-clear"
+cidrs = ["192.0.2.0/24"]
+[tokenapi]
+enabled = true
+socket = %q
+`, addr, key, sock)
+	}
+	oa := startObold(t, ha, conf("192.0.2.11", ka.pemFile, sockA))
+	startObold(t, hb, conf("192.0.2.12", kb.pemFile, filepath.Join(hb.Dir, "token.sock")))
+	tc, err := client.Dial(ctx, sockA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	// Receivers on hostb, so it answers nothing (an ICMP unreachable would
+	// be hostb's own traffic, subject to hostb's private-or-clear).
+	for _, port := range []string{"7301", "7302"} {
+		pc, err := hb.ListenPacket(ctx, "udp", "192.0.2.12:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+	}
+
+	lowered, err := ha.Dial(ctx, "udp", "192.0.2.12:7301")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lowered.Close()
+	g, err := tc.Protect(ctx, lowered.(*net.UDPConn), client.Request{Level: tokenwire.LevelClear})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Granted != tokenwire.LevelClear || g.Pin != tokenwire.PinBypass || g.PToken.Protected {
+		t.Fatalf("root asking for clear under private-or-clear: %+v, want CLEAR with a bypass pin", g)
+	}
+	// An unpinned socket to the same host is trapped and brings OE up.
+	plain, err := ha.Dial(ctx, "udp", "192.0.2.12:7302")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		plain.Write([]byte("policy applies"))
+		up := false
+		for _, tu := range oa.oeList() {
+			up = up || (tu.State == oe.StateUp && tu.Pair.Dst.String() == "192.0.2.12")
+		}
+		if up {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an unpinned socket's datagrams did not bring OE up: %+v", oa.oeList())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// With the tunnel up, the lowered socket still crosses in clear, the
+	// other one only as ESP.
+	lowClear := wire(t, l, "src host 192.0.2.11 and dst host 192.0.2.12 and udp dst port 7301")
+	plainClear := wire(t, l, "src host 192.0.2.11 and dst host 192.0.2.12 and udp dst port 7302")
+	esp := wire(t, l, "udp port 4500 and src host 192.0.2.11 and dst host 192.0.2.12")
+	for i := 0; i < 20; i++ {
+		lowered.Write([]byte("deliberately clear"))
+		plain.Write([]byte("policy applies"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if lines := stopCapture(t, lowClear); len(lines) != 20 {
+		t.Fatalf("%d of 20 lowered datagrams crossed in clear, want all:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if lines := stopCapture(t, plainClear); len(lines) > 0 {
+		t.Fatalf("the unpinned socket sent %d datagrams in clear with the tunnel up:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if lines := stopCapture(t, esp); len(lines) < 20 {
+		t.Fatalf("only %d ESP packets for the unpinned socket's 20 datagrams", len(lines))
+	}
+}

@@ -46,6 +46,10 @@ type TokenPinTarget struct {
 	// device on the userspace datapath.
 	Datapath Datapath
 	Device   string
+	// ClearMark (userspace datapath) is the fwmark charon's routing rule
+	// exempts from its table (the mark of charon's own sockets): a socket
+	// granted CLEAR carries it, so no tunnel route takes it. 0: none found.
+	ClearMark uint32
 }
 
 // TokenProtect is a PROTECT request as the host sees it.

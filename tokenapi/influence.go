@@ -71,6 +71,11 @@ func (s *Server) protect(ctx context.Context, cl *clientConn, id uint32, fd int,
 	switch {
 	case level == wire.LevelClear && out.Why == wire.ReasonNone:
 		pin, iface, err = wire.PinBypass, "", pinBypass(fd, flow.Local.Addr())
+		if err == nil && target.Datapath == "userspace" && target.ClearMark != 0 {
+			// Routing comes before XFRM: without charon's mark a tunnel
+			// route for the pair (table 220) would still take the socket.
+			err = pinMark(fd, target.ClearMark)
+		}
 	case level == wire.LevelClear:
 		// Refused: nothing of this socket leaves in clear either.
 		pin, iface, err = pinProtected(fd, target, flow.Local.Addr(), flow.Remote.Addr())

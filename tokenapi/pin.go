@@ -65,6 +65,14 @@ func pinBypass(fd int, family netip.Addr) error {
 	return nil
 }
 
+// pinMark sets SO_MARK on fd (the mark charon's routing rule exempts).
+func pinMark(fd int, mark uint32) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+		return fmt.Errorf("SO_MARK 0x%x: %w", mark, err)
+	}
+	return nil
+}
+
 func setSocketPolicy(fd int, a netip.Addr, b []byte) error {
 	level, opt := unix.SOL_IP, unix.IP_XFRM_POLICY
 	if !a.Is4() {

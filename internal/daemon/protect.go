@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/internal/policy"
 	"github.com/obol-ipsec/obol/internal/xfrm"
@@ -107,11 +110,32 @@ func (h *tokenHost) PinTarget(ctx context.Context) (plugins.TokenPinTarget, erro
 		if _, err := net.InterfaceByName(libipsecDevice); err != nil {
 			return t, fmt.Errorf("charon's TUN device %s is missing (%v); is kernel-libipsec loaded?", libipsecDevice, err)
 		}
+		t.ClearMark = charonClearMark()
 	case plugins.DatapathKernel:
 	default:
 		return t, fmt.Errorf("charon's datapath is not known yet (is charon connected?)")
 	}
 	return t, nil
+}
+
+// charonRouteTable is charon's routing table for installed routes
+// (kernel-netlink's default).
+const charonRouteTable = 220
+
+// charonClearMark finds the fwmark charon's routing rule skips ("not
+// fwmark M lookup 220"): packets with it are routed around the tunnel
+// routes. 0 when there is no such rule.
+func charonClearMark() uint32 {
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		return 0
+	}
+	for _, r := range rules {
+		if r.Table == charonRouteTable && r.Invert && r.Mark != 0 {
+			return r.Mark
+		}
+	}
+	return 0
 }
 
 // judgeClear: a flow may go clear only where system policy lets it, and
