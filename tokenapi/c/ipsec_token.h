@@ -243,7 +243,9 @@ const char *ipsec_why_name(int why);
  * IPSEC_LEVEL_CLEAR needs CAP_NET_ADMIN or a tokenapi.lower_groups group;
  * private, block and configured tunnels refuse it for everyone.
  * Returns IPSEC_OK when obold answered (granted or refused); an error
- * status means the socket was not changed, except IPSEC_E_PIN_FAILED.
+ * status means the socket was not changed, except IPSEC_E_PIN_FAILED (close
+ * it) and IPSEC_E_UNAVAILABLE for a protection level (it is pinned first,
+ * so it stays pinned; ipsec_token_errtext says so).
  * An IKE negotiation may run: raise ipsec_token_set_timeout (e.g. 30000)
  * first. Free *out with ipsec_grant_free (also after an error).
  */
