@@ -1,9 +1,15 @@
 package daemon
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
@@ -47,5 +53,70 @@ func TestSelectorsCover(t *testing.T) {
 		if got := selectorsCover(tt.ts, tt.addrs, ap, 6); got != tt.want {
 			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestProtectConfigured: without OE, a protection request initiates the
+// configured child whose selectors cover the flow; that conn cannot be
+// lowered by anyone; a flow nothing covers is NO_POLICY and may go clear.
+func TestProtectConfigured(t *testing.T) {
+	f := newFake()
+	d := New(testConfig(t, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := context.Background()
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	covered := plugins.TokenFlow{Local: netip.MustParseAddrPort("10.1.0.5:40000"), Remote: netip.MustParseAddrPort("10.2.0.7:443"), Protocol: 6}
+	elsewhere := plugins.TokenFlow{Local: netip.MustParseAddrPort("10.1.0.5:40001"), Remote: netip.MustParseAddrPort("198.51.100.1:443"), Protocol: 6}
+	tests := []struct {
+		name     string
+		req      plugins.TokenProtect
+		refuse   string
+		why      wire.Reason
+		initiate string
+	}{
+		{"covered: initiate its child", plugins.TokenProtect{Flow: covered, Level: wire.LevelEncryption}, "", wire.ReasonNone, "initiate obol-a/net"},
+		{"initiate fails authentication", plugins.TokenProtect{Flow: covered, Level: wire.LevelBTNS}, "AUTHENTICATION_FAILED", wire.ReasonAuthFailed, "initiate obol-a/net"},
+		{"initiate fails otherwise", plugins.TokenProtect{Flow: covered, Level: wire.LevelBTNS}, "TS_UNACCEPTABLE", wire.ReasonNegotiationFailed, "initiate obol-a/net"},
+		{"nothing covers", plugins.TokenProtect{Flow: elsewhere, Level: wire.LevelEncryption}, "", wire.ReasonNoPolicy, ""},
+		{"configured conn cannot be lowered, even privileged", plugins.TokenProtect{Flow: covered, Level: wire.LevelClear, MayLower: true}, "", wire.ReasonPolicyWins, ""},
+		{"clear where policy is clear anyway", plugins.TokenProtect{Flow: elsewhere, Level: wire.LevelClear}, "", wire.ReasonNone, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.mu.Lock()
+			f.calls, f.refuse = nil, map[string]string{}
+			if tt.refuse != "" {
+				f.refuse["net"] = tt.refuse
+			}
+			f.mu.Unlock()
+			out, err := d.tokens.Protect(ctx, tt.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.Why != tt.why {
+				t.Fatalf("why %s (%s), want %s", out.Why, out.WhyText, tt.why)
+			}
+			f.mu.Lock()
+			initiated := slices.ContainsFunc(f.calls, func(c string) bool { return strings.HasPrefix(c, "initiate") })
+			got := slices.Contains(f.calls, tt.initiate)
+			f.mu.Unlock()
+			if tt.initiate != "" && !got || tt.initiate == "" && initiated {
+				t.Errorf("calls %v, want initiate %q", f.calls, tt.initiate)
+			}
+		})
+	}
+}
+
+func TestPinTarget(t *testing.T) {
+	d := New(testConfig(t, twoConns), newFake(), plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if _, err := d.tokens.PinTarget(context.Background()); err == nil {
+		t.Error("a pin target before the datapath is known")
+	}
+	d.mu.Lock()
+	d.state.Datapath = string(plugins.DatapathKernel)
+	d.mu.Unlock()
+	if pt, err := d.tokens.PinTarget(context.Background()); err != nil || pt.Datapath != plugins.DatapathKernel || pt.Device != "" {
+		t.Errorf("kernel: %+v %v", pt, err)
 	}
 }
