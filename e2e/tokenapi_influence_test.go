@@ -494,3 +494,57 @@ socket = %q
 		t.Fatalf("only %d ESP packets for the unpinned socket's 20 datagrams", len(lines))
 	}
 }
+
+// TestTokenProtectDNSTimeout: when the resolver never answers, a request
+// for encryption is refused with DNS_TIMEOUT, and the socket stays pinned.
+func TestTokenProtectDNSTimeout(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ha, hb, gwa := l.Node(lab.HostA), l.Node(lab.HostB), l.Node(lab.GWA)
+	ka := newOEKey(t, ha)
+	// A "resolver" that reads queries and never answers.
+	silent, err := gwa.ListenPacket(ctx, "udp", "192.0.2.1:5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	sockA := filepath.Join(ha.Dir, "token.sock")
+	startObold(t, ha, fmt.Sprintf(`
+[oe]
+address = "192.0.2.11"
+key_file = %q
+[oe.dns]
+server = "192.0.2.1:5353"
+timeout = "1s"
+[[oe.group]]
+group = "clear-or-private"
+cidrs = ["192.0.2.0/24"]
+[tokenapi]
+enabled = true
+socket = %q
+`, ka.pemFile, sockA))
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7401")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newSink(t, ln)
+	tc, err := client.Dial(ctx, sockA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	conn, port := dialTCP(t, ctx, ha, "192.0.2.12:7401")
+	g, err := tc.Protect(ctx, conn, client.Request{Level: tokenwire.LevelEncryption})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Refused() || g.PToken.Why != tokenwire.ReasonDNSTimeout || g.Pin != tokenwire.PinDevice {
+		t.Fatalf("silent resolver: %+v, want DNS_TIMEOUT, pinned", g)
+	}
+	leak := wire(t, l, fmt.Sprintf("src host 192.0.2.11 and tcp src port %d", port))
+	writeFor(conn, time.Second)
+	if lines := stopCapture(t, leak); len(lines) > 0 {
+		t.Fatalf("a refused socket sent %d packets in clear:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+}
