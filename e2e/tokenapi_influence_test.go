@@ -548,3 +548,47 @@ socket = %q
 		t.Fatalf("a refused socket sent %d packets in clear:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 }
+
+// TestTokenProtectAuthFailed: DNS names the wrong key for hostb, so IKE
+// authentication fails: refused with AUTH_FAILED and charon's words.
+func TestTokenProtectAuthFailed(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
+	wrong := newOEKey(t, l.Node(lab.GWA)) // another key file: newOEKey writes one per node
+	if err := l.SetZone(ctx, lab.Zone{Name: "2.0.192.in-addr.arpa.", Records: []string{
+		"11 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns,
+		"12 300 IN IPSECKEY 10 1 2 192.0.2.12 " + wrong.dns, // hostb signs with kb
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	sockA := filepath.Join(ha.Dir, "token.sock")
+	startObold(t, ha, influenceHost("192.0.2.11", ka.pemFile, sockA))
+	startObold(t, hb, influenceHost("192.0.2.12", kb.pemFile, filepath.Join(hb.Dir, "token.sock")))
+	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7501")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newSink(t, ln)
+	tc, err := client.Dial(ctx, sockA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	conn, port := dialTCP(t, ctx, ha, "192.0.2.12:7501")
+	g, err := tc.Protect(ctx, conn, client.Request{Level: tokenwire.LevelEncryption})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("refusal: %s: %s", g.PToken.Why, g.PToken.WhyText)
+	if !g.Refused() || g.PToken.Why != tokenwire.ReasonAuthFailed || g.Pin != tokenwire.PinDevice {
+		t.Fatalf("wrong key: %+v, want AUTH_FAILED, pinned", g)
+	}
+	leak := wire(t, l, fmt.Sprintf("src host 192.0.2.11 and tcp src port %d", port))
+	writeFor(conn, time.Second)
+	if lines := stopCapture(t, leak); len(lines) > 0 {
+		t.Fatalf("a refused socket sent %d packets in clear:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+}

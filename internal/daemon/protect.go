@@ -86,7 +86,7 @@ func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugin
 	h.d.mu.Unlock()
 	if err := charon.Initiate(ctx, conn, child); err != nil {
 		reason := wire.ReasonNegotiationFailed
-		if strings.Contains(err.Error(), "AUTHENTICATION_FAILED") || strings.Contains(err.Error(), "authentication") {
+		if authFailure(err.Error()) {
 			reason = wire.ReasonAuthFailed
 		}
 		return why(out, reason, fmt.Sprintf("initiating conn %s child %s: %v", conn, child, err)), nil
@@ -183,10 +183,22 @@ func oeReason(reason string) wire.Reason {
 		return wire.ReasonDNSTimeout
 	case strings.Contains(reason, "unusable"):
 		return wire.ReasonOEUnusable
-	case strings.Contains(reason, "AUTHENTICATION_FAILED"):
+	case authFailure(reason):
 		return wire.ReasonAuthFailed
 	}
 	return wire.ReasonNegotiationFailed
+}
+
+// authFailure tells whether charon's words (an initiate error with its
+// log lines) say authentication failed, on either side.
+func authFailure(s string) bool {
+	s = strings.ToLower(s)
+	for _, w := range []string{"authentication_failed", "auth_failed", "authentication failed", "signature validation failed", "none matched", "no trusted"} {
+		if strings.Contains(s, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // covering returns the newest installed SA covering f.

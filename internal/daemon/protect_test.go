@@ -24,6 +24,9 @@ func TestOEReason(t *testing.T) {
 		{"DNS answer unusable: DNSSEC validation failed (bogus)", wire.ReasonOEUnusable},
 		{"gateway 192.0.2.12: AUTHENTICATION_FAILED", wire.ReasonAuthFailed},
 		{"gateway 192.0.2.12: NO_PROPOSAL_CHOSEN", wire.ReasonNegotiationFailed},
+		// charon 5.9.8's words when the peer's key is not the one DNS gave.
+		{`gateway 192.0.2.12: vici: initiate child "oe": charon says: establishing CHILD_SA 'oe' failed (charon log: authentication of '192.0.2.11' (myself) with RSA_EMSA_PKCS1_SHA2_256 successful; using trusted certificate "192.0.2.12"; signature validation failed, looking for another key)`, wire.ReasonAuthFailed},
+		{"gateway 192.0.2.12: charon says: failed (charon log: received AUTHENTICATION_FAILED notify error)", wire.ReasonAuthFailed},
 	}
 	for _, tt := range tests {
 		if got := oeReason(tt.reason); got != tt.want {
