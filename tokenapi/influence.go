@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/obol-ipsec/obol/internal/peercred"
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
@@ -71,7 +72,7 @@ func (s *Server) protect(ctx context.Context, cl *clientConn, id uint32, fd int,
 	switch {
 	case level == wire.LevelClear && out.Why == wire.ReasonNone:
 		pin, iface, err = wire.PinBypass, "", pinBypass(fd, flow.Local.Addr())
-		if err == nil && target.Datapath == "userspace" && target.ClearMark != 0 {
+		if err == nil && target.Datapath == plugins.DatapathUserspace && target.ClearMark != 0 {
 			// Routing comes before XFRM: without charon's mark a tunnel
 			// route for the pair (table 220) would still take the socket.
 			err = pinMark(fd, target.ClearMark)

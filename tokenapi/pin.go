@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
@@ -161,7 +162,7 @@ func putAddr(dst []byte, a netip.Addr) {
 // requiring ESP between local and remote (the SA's outer addresses, or the
 // flow's hosts before an SA is known).
 func pinProtected(fd int, t PinTarget, local, remote netip.Addr) (wire.Pin, string, error) {
-	if t.Datapath == "userspace" {
+	if t.Datapath == plugins.DatapathUserspace {
 		return wire.PinDevice, t.Device, pinDevice(fd, t.Device)
 	}
 	return wire.PinXFRM, "", pinXFRM(fd, local, remote)
