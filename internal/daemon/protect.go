@@ -53,12 +53,21 @@ func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugin
 	if dec != nil && dec.Group == policy.Block {
 		return why(out, wire.ReasonBlocked, "policy group block covers "+f.Remote.Addr().String()+": its traffic is dropped"), nil
 	}
+	// The administrator's conns first: a configured tunnel is what
+	// policy says for the flow; OE only where none covers it.
+	conn, child, ok, err := h.configuredChild(ctx, f)
+	if err != nil {
+		return out, err
+	}
+	if ok {
+		return h.initiate(ctx, out, f, conn, child)
+	}
 	if eng != nil {
 		t, err := eng.Request(ctx, xfrm.Pair{Src: f.Local.Addr().Unmap(), Dst: f.Remote.Addr().Unmap()})
 		var ne *oe.NotEligibleError
 		switch {
 		case errors.As(err, &ne):
-			// not OE's: a configured conn may cover it
+			// OE does not apply here either: nothing covers the flow
 		case err != nil:
 			if ctx.Err() != nil {
 				return why(out, wire.ReasonNoSA, "OE for the flow did not finish in time: "+err.Error()), nil
@@ -74,13 +83,11 @@ func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugin
 			return out, nil
 		}
 	}
-	conn, child, ok, err := h.configuredChild(ctx, f)
-	if err != nil {
-		return out, err
-	}
-	if !ok {
-		return why(out, wire.ReasonNoPolicy, "no OE and no configured conn covers "+f.Local.String()+" -> "+f.Remote.String()), nil
-	}
+	return why(out, wire.ReasonNoPolicy, "no OE and no configured conn covers "+f.Local.String()+" -> "+f.Remote.String()), nil
+}
+
+// initiate brings up a configured conn's child for f.
+func (h *tokenHost) initiate(ctx context.Context, out plugins.TokenProtectOutcome, f plugins.TokenFlow, conn, child string) (plugins.TokenProtectOutcome, error) {
 	h.d.mu.Lock()
 	charon := h.d.charon
 	h.d.mu.Unlock()
