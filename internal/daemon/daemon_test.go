@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,16 +101,29 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	info := func(c vici.Conn) vici.ConnInfo {
+		ci := vici.ConnInfo{Name: c.Name, LocalAddrs: c.LocalAddrs, RemoteAddrs: c.RemoteAddrs}
+		for _, a := range c.Remote {
+			class := map[string]string{"psk": "pre-shared key", "pubkey": "public key"}[a.Auth]
+			ci.Remote = append(ci.Remote, vici.AuthInfo{Class: class, ID: a.ID})
+		}
+		for _, ch := range c.Children {
+			ci.Children = append(ci.Children, vici.ChildInfo{Name: ch.Name, Mode: ch.Mode, LocalTS: ch.LocalTS, RemoteTS: ch.RemoteTS})
+		}
+		return ci
+	}
+	if name == "" { // all conns, as charon lists them
+		var out []vici.ConnInfo
+		for _, n := range slices.Sorted(maps.Keys(f.conns)) {
+			out = append(out, info(f.conns[n]))
+		}
+		return out, f.rec("list-conns")
+	}
 	c, ok := f.conns[name]
 	if !ok {
 		return nil, f.rec("list-conns")
 	}
-	ci := vici.ConnInfo{Name: c.Name}
-	for _, a := range c.Remote {
-		class := map[string]string{"psk": "pre-shared key", "pubkey": "public key"}[a.Auth]
-		ci.Remote = append(ci.Remote, vici.AuthInfo{Class: class, ID: a.ID})
-	}
-	return []vici.ConnInfo{ci}, f.rec("list-conns")
+	return []vici.ConnInfo{info(c)}, f.rec("list-conns")
 }
 
 func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {
