@@ -586,17 +586,19 @@ func (s *Server) ptokenRoom(cl *clientConn) *reqError {
 // what a PROTECT refusal says instead), then extra's. PTOKEN_GET answers
 // with a.state's attributes alone.
 func (s *Server) newPToken(cl *clientConn, id uint32, t wire.Type, a assessment, shown flowState, extra func(*wire.Builder)) []byte {
-	stored, err := a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)).Bytes() // handle set below
-	if err != nil {
-		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
-	}
-	b := shown.attrs(wire.NewBuilder(t, id).U64(wire.AttrPToken, 0))
+	b := shown.attrs(wire.NewBuilder(t, id).U64(wire.AttrPToken, 0)) // handle set below
 	if extra != nil {
 		extra(b)
 	}
 	msg, err := b.Bytes()
 	if err != nil {
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+	}
+	stored := slices.Clone(msg)
+	if extra != nil || shown != a.state {
+		if stored, err = a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)).Bytes(); err != nil {
+			return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+		}
 	}
 
 	s.mu.Lock()
