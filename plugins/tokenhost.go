@@ -28,6 +28,51 @@ type TokenHost interface {
 	// WhyNot explains a flow no CHILD_SA covers: trap policies, the OE
 	// verdict for the remote address, label decisions, the last failure.
 	WhyNot(ctx context.Context, f TokenFlow) (wire.Reason, string, error)
+	// Protect makes the host's part of a PROTECT request happen: for a
+	// protection level it reuses an SA covering the flow or brings one up
+	// (OE for the pair, or a configured conn's child whose selectors cover
+	// it), waiting until ctx ends; for CLEAR it says whether system policy
+	// lets the flow go clear. The module checks the level and peer itself
+	// against the SA it then finds, and pins the socket.
+	Protect(ctx context.Context, r TokenProtect) (TokenProtectOutcome, error)
+	// PinTarget says where ESP runs, so the module can pin a socket before
+	// asking Protect (no packet slips out in clear while IKE runs).
+	PinTarget(ctx context.Context) (TokenPinTarget, error)
+}
+
+// TokenPinTarget is what a socket's pin depends on.
+type TokenPinTarget struct {
+	// Datapath is charon's ("kernel" or "userspace"); Device is its TUN
+	// device on the userspace datapath.
+	Datapath Datapath
+	Device   string
+	// ClearMark (userspace datapath) is the fwmark charon's routing rule
+	// exempts from its table (the mark of charon's own sockets): a socket
+	// granted CLEAR carries it, so no tunnel route takes it. 0: none found.
+	ClearMark uint32
+}
+
+// TokenProtect is a PROTECT request as the host sees it.
+type TokenProtect struct {
+	Flow  TokenFlow
+	Level wire.Level
+	// PeerID is the identity asked for ("" any); an OE tunnel is brought
+	// up only when the peer's published identity can match.
+	PeerID string
+	// MayLower: the caller has the privilege to ask for less than policy
+	// (CAP_NET_ADMIN or a tokenapi.lower_groups group).
+	MayLower bool
+}
+
+// TokenProtectOutcome is what the host did or why it could not.
+type TokenProtectOutcome struct {
+	// Why and WhyText: no SA could be had (protection levels) or policy
+	// refuses to let the flow go clear (CLEAR); ReasonNone when done.
+	Why     wire.Reason
+	WhyText string
+	// OuterLocal and OuterRemote are the covering SA's IKE addresses (for
+	// a per-socket ESP template), when known.
+	OuterLocal, OuterRemote netip.Addr
 }
 
 // TokenSnapshot is the CHILD_SAs as of one generation.

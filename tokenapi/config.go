@@ -35,6 +35,14 @@ type Config struct {
 	MaxQueuedEvents int `toml:"max_queued_events"`
 	// RequestTimeout bounds one request, the Facts lookup included.
 	RequestTimeout time.Duration `toml:"request_timeout"`
+	// ProtectTimeout bounds one PROTECT request: DNS and an IKE
+	// negotiation may run in it.
+	ProtectTimeout time.Duration `toml:"protect_timeout"`
+	// LowerGroups name groups (name or number) whose members may ask for
+	// less protection than system policy (PROTECT with CLEAR), besides
+	// callers with CAP_NET_ADMIN. System policy (private, block,
+	// configured tunnels) still wins.
+	LowerGroups []string `toml:"lower_groups"`
 }
 
 // Defaults.
@@ -46,6 +54,7 @@ const (
 	DefaultRequestTimeout = 2 * time.Second
 	DefaultMaxSubs        = 64
 	DefaultMaxQueued      = 64
+	DefaultProtectTimeout = 20 * time.Second
 )
 
 // WithDefaults fills unset fields.
@@ -71,6 +80,9 @@ func (c Config) WithDefaults() Config {
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
 	}
+	if c.ProtectTimeout == 0 {
+		c.ProtectTimeout = DefaultProtectTimeout
+	}
 	return c
 }
 
@@ -89,11 +101,25 @@ func (c Config) Validate() error {
 		return fmt.Errorf("tokenapi.max_subscriptions_per_client and max_queued_events must be positive")
 	case c.RequestTimeout < 0:
 		return fmt.Errorf("tokenapi.request_timeout must be positive, e.g. \"2s\"")
+	case c.ProtectTimeout < 0:
+		return fmt.Errorf("tokenapi.protect_timeout must be positive, e.g. \"20s\"")
 	}
+
 	for _, u := range c.UntrustedCiphers {
 		if u == "" {
 			return fmt.Errorf("tokenapi.untrusted_ciphers: empty name; write charon's cipher name, e.g. \"3DES_CBC\" or \"AES_CBC_128\"")
 		}
+	}
+	return nil
+}
+
+// CheckGroup says whether g names an existing group (name or number).
+func CheckGroup(g string) error {
+	if g == "" {
+		return fmt.Errorf("empty group name; write a group name such as \"netadmin\" or a gid")
+	}
+	if _, err := lookupGID(g); err != nil {
+		return fmt.Errorf("group %q does not exist (%v); create it or remove it from the list", g, err)
 	}
 	return nil
 }

@@ -472,3 +472,9 @@ func (h *staticHost) Generation() uint64 { return 1 }
 func (h *staticHost) WhyNot(context.Context, plugins.TokenFlow) (wire.Reason, string, error) {
 	return wire.ReasonNoPolicy, "no SA", nil
 }
+func (h *staticHost) Protect(context.Context, plugins.TokenProtect) (plugins.TokenProtectOutcome, error) {
+	return plugins.TokenProtectOutcome{}, errors.New("staticHost does not act on IPsec")
+}
+func (h *staticHost) PinTarget(context.Context) (plugins.TokenPinTarget, error) {
+	return plugins.TokenPinTarget{}, errors.New("staticHost has no datapath")
+}

@@ -70,3 +70,19 @@ type Evidence = plugins.AuthEvidence
 // for "ed25519", DER SubjectPublicKeyInfo for anything else. It is the
 // resolver contract's type, so OE keys pass through unchanged.
 type PublicKey = plugins.PublicKey
+
+// ProtectOutcome is the host's answer to a PROTECT request.
+type ProtectOutcome = plugins.TokenProtectOutcome
+
+// ProtectRequest is a PROTECT request as the host sees it.
+type ProtectRequest = plugins.TokenProtect
+
+// PinTarget is what a socket's pin depends on.
+type PinTarget = plugins.TokenPinTarget
+
+// Protector is the host's side of PROTECT (plugins.TokenHost.Protect and
+// PinTarget). A server without one answers PROTECT with UNKNOWN_TYPE.
+type Protector interface {
+	Protect(ctx context.Context, r ProtectRequest) (ProtectOutcome, error)
+	PinTarget(ctx context.Context) (PinTarget, error)
+}

@@ -202,6 +202,7 @@ func (m *Module) Serve(ctx context.Context, host plugins.TokenHost) error {
 	if err != nil {
 		return err
 	}
+	srv.SetProtector(host)
 	ln, err := srv.Listen()
 	if err != nil {
 		return err

@@ -73,6 +73,14 @@ func (h fakeHost) Generation() uint64 {
 	}
 	return h.gen.Load()
 }
+func (h fakeHost) Protect(context.Context, ProtectRequest) (ProtectOutcome, error) {
+	return ProtectOutcome{Why: wire.ReasonNoPolicy, WhyText: "fake host"}, nil
+}
+
+func (h fakeHost) PinTarget(context.Context) (PinTarget, error) {
+	return PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
 func (h fakeHost) WhyNot(_ context.Context, f Flow) (wire.Reason, string, error) {
 	return wire.ReasonOENoRecords, "no IPSECKEY for " + f.Remote.Addr().String(), nil
 }

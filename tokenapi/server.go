@@ -47,6 +47,9 @@ type Server struct {
 	// isLocal says whether an address is the host's (PTOKEN_QUERY_FROM on
 	// a wildcard socket); nil means the interfaces of obold's namespace.
 	isLocal func(netip.Addr) bool
+	// protector is the host's side of PROTECT; nil: PROTECT is unknown.
+	protector Protector
+	lowerGIDs []uint32 // tokenapi.lower_groups, resolved
 
 	mu      sync.Mutex
 	peers   map[uint64]*peerEntry // live iTokens, by handle
@@ -94,11 +97,22 @@ func NewServer(cfg Config, facts Facts, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, facts: facts, log: log, peers: map[uint64]*peerEntry{}, clients: map[*clientConn]struct{}{}}
+	for _, g := range cfg.LowerGroups {
+		gid, err := lookupGID(g)
+		if err != nil {
+			return nil, fmt.Errorf("tokenapi.lower_groups: group %q: %w; create it or remove it from the list", g, err)
+		}
+		s.lowerGIDs = append(s.lowerGIDs, uint32(gid))
+	}
 	if _, err := rand.Read(s.secret[:]); err != nil {
 		return nil, fmt.Errorf("tokenapi: no randomness for the iToken handle space: %w", err)
 	}
 	return s, nil
 }
+
+// SetProtector lets the server answer PROTECT requests through p. Call it
+// before Serve.
+func (s *Server) SetProtector(p Protector) { s.protector = p }
 
 // Listen creates the server's socket at cfg.Socket with cfg.Mode and
 // cfg.Group, replacing a stale socket file nobody listens on.
@@ -340,7 +354,13 @@ func (s *Server) handle(ctx context.Context, cl *clientConn, msg []byte, flags i
 	if flags&unix.MSG_CTRUNC != 0 || len(fds) > 1 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, "pass exactly one descriptor with PTOKEN_QUERY")
 	}
-	takesFD := m.Type == wire.TypePTokenQuery || m.Type == wire.TypeSubscribe || m.Type == wire.TypePTokenQueryFrom
+	if m.Type == wire.TypeProtect && s.protector == nil {
+		// Without a host side PROTECT is a type this server does not know,
+		// whatever came with it.
+		return s.errorReply(h.ID, wire.ErrCodeUnknownType, fmt.Sprintf("unknown request type %s", m.Type))
+	}
+	takesFD := m.Type == wire.TypePTokenQuery || m.Type == wire.TypeSubscribe || m.Type == wire.TypePTokenQueryFrom ||
+		m.Type == wire.TypeProtect
 	if !takesFD && len(fds) > 0 {
 		return s.errorReply(h.ID, wire.ErrCodeTooManyFDs, m.Type.String()+" takes no descriptor")
 	}
@@ -362,6 +382,15 @@ func (s *Server) handle(ctx context.Context, cl *clientConn, msg []byte, flags i
 		return s.subscribe(ctx, cl, h.ID, fd)
 	case wire.TypeUnsubscribe:
 		return s.unsubscribe(cl, h.ID, m)
+	case wire.TypeProtect:
+		lv, _ := m.U8(wire.AttrRequire)
+		level := wire.Level(lv)
+		if level == wire.LevelNone || level > wire.LevelClear {
+			return s.errorReply(h.ID, wire.ErrCodeBadLevel, fmt.Sprintf("PROTECT needs REQUIRE = 1 (encryption), 2 (integrity), 3 (btns) or 4 (clear), got %d", lv))
+		}
+		fd := fds[0]
+		fds = nil // protect closes it once the socket is pinned
+		return s.protect(ctx, cl, h.ID, fd, level, m.String(wire.AttrPeerID))
 	case wire.TypePTokenGet, wire.TypePTokenRelease:
 		hd, ok := m.U64(wire.AttrPToken)
 		if !ok {
@@ -475,6 +504,12 @@ func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) 
 		}
 		return assessment{}, refuse(wire.ErrCodeInternal, "looking up the flow failed; see obold's log")
 	}
+	return s.assessProtection(flow, p), nil
+}
+
+// assessProtection is what the server tells about flow given the host's
+// facts p.
+func (s *Server) assessProtection(flow Flow, p Protection) assessment {
 	if !p.Protected && p.Why == wire.ReasonNone {
 		p.Why = wire.ReasonUnknown
 	}
@@ -510,7 +545,7 @@ func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) 
 		st.audit += "; " + st.whyText
 	}
 	a.state = st
-	return a, nil
+	return a
 }
 
 func labelUnknownText(flow Flow, cands []Child) string {
@@ -523,20 +558,47 @@ func labelUnknownText(flow Flow, cands []Child) string {
 }
 
 func (s *Server) queryFlow(ctx context.Context, cl *clientConn, id uint32, flow Flow) []byte {
-	s.mu.Lock()
-	full := len(cl.ptokens) >= s.cfg.MaxPTokens
-	s.mu.Unlock()
-	if full {
-		return s.errorReply(id, wire.ErrCodeLimit, fmt.Sprintf("this connection holds %d pTokens; release some (PTOKEN_RELEASE)", s.cfg.MaxPTokens))
+	if rerr := s.ptokenRoom(cl); rerr != nil {
+		return s.errorReply(id, rerr.code, rerr.text)
 	}
 	a, rerr := s.assess(ctx, flow)
 	if rerr != nil {
 		return s.errorReply(id, rerr.code, rerr.text)
 	}
-	msg, err := a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)). // placeholder, set below
-													Bytes()
+	return s.newPToken(cl, id, wire.TypePTokenReply, a, a.state, nil)
+}
+
+// ptokenRoom refuses a request that would make one pToken more than
+// max_ptokens_per_client; asked before any work, checked again when the
+// pToken is made.
+func (s *Server) ptokenRoom(cl *clientConn) *reqError {
+	s.mu.Lock()
+	full := len(cl.ptokens) >= s.cfg.MaxPTokens
+	s.mu.Unlock()
+	if full {
+		return refuse(wire.ErrCodeLimit, "this connection holds %d pTokens; release some (PTOKEN_RELEASE)", s.cfg.MaxPTokens)
+	}
+	return nil
+}
+
+// newPToken registers a pToken of a on cl and returns the reply of type t
+// carrying it: the pToken attributes of shown (a.state, or a.state with
+// what a PROTECT refusal says instead), then extra's. PTOKEN_GET answers
+// with a.state's attributes alone.
+func (s *Server) newPToken(cl *clientConn, id uint32, t wire.Type, a assessment, shown flowState, extra func(*wire.Builder)) []byte {
+	b := shown.attrs(wire.NewBuilder(t, id).U64(wire.AttrPToken, 0)) // handle set below
+	if extra != nil {
+		extra(b)
+	}
+	msg, err := b.Bytes()
 	if err != nil {
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+	}
+	stored := slices.Clone(msg)
+	if extra != nil || shown != a.state {
+		if stored, err = a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)).Bytes(); err != nil {
+			return s.errorReply(id, wire.ErrCodeInternal, err.Error())
+		}
 	}
 
 	s.mu.Lock()
@@ -546,8 +608,11 @@ func (s *Server) queryFlow(ctx context.Context, cl *clientConn, id uint32, flow 
 	}
 	cl.next++
 	h := cl.next
+	// PTOKEN is the first attribute of both: its value follows the
+	// 4-byte attribute header.
 	binary.BigEndian.PutUint64(msg[wire.HeaderLen+4:wire.HeaderLen+12], h)
-	cl.ptokens[h] = &pToken{reply: slices.Clone(msg[wire.HeaderLen:]), itoken: a.state.itoken}
+	binary.BigEndian.PutUint64(stored[wire.HeaderLen+4:wire.HeaderLen+12], h)
+	cl.ptokens[h] = &pToken{reply: stored[wire.HeaderLen:], itoken: a.state.itoken}
 	s.holdPeerLocked(cl, a.state.itoken, a.entry)
 	return msg
 }

@@ -44,24 +44,56 @@ func FuzzHandle(f *testing.F) {
 		mustBytes(wire.NewBuilder(wire.TypeSubscribe, 5)),
 		mustBytes(wire.NewBuilder(wire.TypeUnsubscribe, 6).U64(wire.AttrSubscription, 1)),
 		mustBytes(wire.NewBuilder(wire.TypePTokenQueryFrom, 7).Addr(wire.AttrPeerAddr, netip.MustParseAddr("192.0.2.1")).U16(wire.AttrPeerPort, 53)),
+		mustBytes(wire.NewBuilder(wire.TypeProtect, 5).U8(wire.AttrRequire, uint8(wire.LevelEncryption)).String(wire.AttrPeerID, "@peer.example")),
+		mustBytes(wire.NewBuilder(wire.TypeProtect, 6).U8(wire.AttrRequire, uint8(wire.LevelClear))),
+		mustBytes(wire.NewBuilder(wire.TypeProtect, 7).U8(wire.AttrRequire, 200)),
 	} {
 		f.Add(seed, 0)
+		f.Add(seed, 1) // bit 0: pass a connected TCP socket with the request
 	}
+	// A connected loopback TCP socket: requests that asked for one get a
+	// duplicate (handle closes what it is given).
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer ln.Close()
+	tc, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer tc.Close()
+	sockFile, err := tc.File()
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer sockFile.Close()
 	s, err := NewServer(Config{Socket: "/nonexistent/t.sock"}, FactsFunc(func(context.Context, Flow) (Protection, error) {
 		return Protection{}, nil
 	}), nil)
 	if err != nil {
 		f.Fatal(err)
 	}
+	s.SetProtector(fuzzProtector{})
 	f.Fuzz(func(t *testing.T, req []byte, flags int) {
 		cl := &clientConn{ptokens: map[uint64]*pToken{1: {reply: nil, itoken: 0}}, itokens: map[uint64]int{},
 			subs: map[uint64]*subscription{1: {id: 1}}}
-		out := s.handle(context.Background(), cl, req, flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC), nil)
+		var fds []int
+		if flags&1 != 0 {
+			fd, err := unix.Dup(int(sockFile.Fd()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds = []int{fd}
+		}
+		out := s.handle(context.Background(), cl, req, flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC), fds)
 		m, err := wire.Decode(out)
 		if err != nil {
 			t.Fatalf("reply does not decode: %v", err)
 		}
-		if m.Type != wire.TypeError && m.Type != wire.TypeOK && m.Type != wire.TypePTokenReply && m.Type != wire.TypeSubscribed {
+		switch m.Type {
+		case wire.TypeError, wire.TypeOK, wire.TypePTokenReply, wire.TypeSubscribed, wire.TypeProtectReply:
+		default:
 			t.Fatalf("unexpected reply %s", m.Type)
 		}
 	})
@@ -110,6 +142,22 @@ func FuzzQueryFrom(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fuzzProtector answers PROTECT like the userspace datapath, lo standing in
+// for the TUN device; CLEAR is refused.
+type fuzzProtector struct{}
+
+func (fuzzProtector) PinTarget(context.Context) (PinTarget, error) {
+	return PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
+func (fuzzProtector) Protect(_ context.Context, r ProtectRequest) (ProtectOutcome, error) {
+	var out ProtectOutcome
+	if r.Level == wire.LevelClear {
+		out.Why, out.WhyText = wire.ReasonDenied, "fuzz"
+	}
+	return out, nil
 }
 
 func mustBytes(b *wire.Builder) []byte {

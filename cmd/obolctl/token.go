@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -18,7 +19,7 @@ import (
 )
 
 const tokenUsage = `Usage:
-  obolctl token connect HOST:PORT [--token-socket PATH] [--json]
+  obolctl token connect HOST:PORT [--require encryption|integrity|btns|clear [--peer ID]] [--token-socket PATH] [--json]
   obolctl token inspect --pid PID --fd FD [--token-socket PATH] [--json]
 
 Ask obold's token API how a socket's traffic is protected (pToken: protected,
@@ -27,7 +28,9 @@ authenticated peer is (iToken: identity, authentication method, DNs,
 pubKeyID, channel binding).
 
 connect  opens a TCP connection to HOST:PORT and asks about it: how would my
-         traffic to HOST:PORT be protected, and who answers?
+         traffic to HOST:PORT be protected, and who answers? With --require
+         it asks obold for that protection first and prints the grant or
+         the refusal.
 inspect  asks about a socket a running process holds (needs root or ptrace
          rights over the process).
 
@@ -37,7 +40,14 @@ OBOL_TOKEN_SOCKET says otherwise. Run "obolctl token COMMAND --help" for more.`
 const tokenConnectHelp = `Opens a TCP connection to HOST:PORT (giving up after the global --timeout),
 passes the socket to obold's token API and prints its pToken (how the flow is
 protected, or why it is not) and, when an SA covers it, its iToken (who the
-authenticated peer is). The connection is closed without sending anything.`
+authenticated peer is). The connection is closed without sending anything.
+
+--require asks obold to protect the connection first (PROTECT): encryption
+(an authenticated peer), btns (encryption, any peer), integrity, or clear
+(less than policy: needs CAP_NET_ADMIN or a tokenapi.lower_groups group).
+--peer names the IKE identity the peer must have. obold reuses or brings up
+an SA (OE or a configured conn) and pins the socket so nothing leaves in
+clear; the grant or the refusal (with WHY) is printed. A refusal exits 1.`
 
 const tokenInspectHelp = `Duplicates descriptor FD of process PID (pidfd_getfd(2), which needs root or
 ptrace rights over PID), passes it to obold's token API and prints its pToken
@@ -71,12 +81,22 @@ func tokenSocketFlag(fs *flag.FlagSet) *string {
 }
 
 func (e *env) tokenConnect(args []string) error {
-	fs := e.flags("token connect", "token connect HOST:PORT [--token-socket PATH] [--json]", tokenConnectHelp)
+	fs := e.flags("token connect", "token connect HOST:PORT [--require LEVEL [--peer ID]] [--token-socket PATH] [--json]", tokenConnectHelp)
 	sock := tokenSocketFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	require := fs.String("require", "", "ask for `LEVEL` of protection first: encryption, integrity, btns or clear")
+	peer := fs.String("peer", "", "with --require: the IKE `ID` the peer must have")
 	target, err := e.parseOne(fs, args)
 	if err != nil {
 		return err
+	}
+	var level wire.Level
+	if *require != "" {
+		if level, err = wire.ParseLevel(*require); err != nil {
+			return err
+		}
+	} else if *peer != "" {
+		return fmt.Errorf("--peer needs --require; e.g. --require encryption --peer %s", *peer)
 	}
 	if _, _, err := net.SplitHostPort(target); err != nil {
 		return fmt.Errorf("%q is not HOST:PORT; give e.g. obolctl token connect 192.0.2.11:443", target)
@@ -89,12 +109,60 @@ func (e *env) tokenConnect(args []string) error {
 		return fmt.Errorf("connect to %s: %w (is something listening there? raise --timeout if IKE needs longer)", target, err)
 	}
 	defer c.Close()
+	if level != wire.LevelNone {
+		r, err := protectTokens(ctx, *sock, c.(*net.TCPConn), client.Request{Level: level, PeerID: *peer})
+		if err != nil {
+			return err
+		}
+		r.Local, r.Remote = c.LocalAddr().String(), c.RemoteAddr().String()
+		if err := e.printToken(r, *asJSON); err != nil {
+			return err
+		}
+		if r.Grant.Granted == wire.LevelNone.String() {
+			return fmt.Errorf("refused: %s: %s", r.Grant.Why, r.Grant.WhyText)
+		}
+		return nil
+	}
 	r, err := queryTokens(ctx, *sock, c.(*net.TCPConn))
 	if err != nil {
 		return err
 	}
 	r.Local, r.Remote = c.LocalAddr().String(), c.RemoteAddr().String()
 	return e.printToken(r, *asJSON)
+}
+
+// grantReport is what PROTECT answered.
+type grantReport struct {
+	Required string `json:"required"`
+	Granted  string `json:"granted"` // NONE when refused
+	Pin      string `json:"pin"`
+	Iface    string `json:"iface,omitempty"`
+	PeerID   string `json:"peer_id,omitempty"`
+	Why      string `json:"why,omitempty"`
+	WhyText  string `json:"why_text,omitempty"`
+}
+
+// protectTokens asks the token API at sock to protect s as req says and
+// reports the grant with the flow's tokens after the action.
+func protectTokens(ctx context.Context, sock string, s syscall.Conn, req client.Request) (tokenReport, error) {
+	tc, err := client.Dial(ctx, sock)
+	if err != nil {
+		return tokenReport{}, fmt.Errorf("%w; give its path with --token-socket or OBOL_TOKEN_SOCKET", err)
+	}
+	defer tc.Close()
+	g, err := tc.Protect(ctx, s, req)
+	if err != nil {
+		return tokenReport{}, explainTokenErr(err)
+	}
+	r, err := reportTokens(ctx, tc, g.PToken)
+	if err != nil {
+		return tokenReport{}, err
+	}
+	r.Grant = &grantReport{Required: req.Level.String(), Granted: g.Granted.String(), Pin: g.Pin.String(), Iface: g.Iface, PeerID: g.PeerID}
+	if g.Refused() {
+		r.Grant.Why, r.Grant.WhyText = g.PToken.Why.String(), g.PToken.WhyText
+	}
+	return r, nil
 }
 
 func (e *env) tokenInspect(args []string) error {
@@ -177,6 +245,7 @@ type tokenReport struct {
 	FD     int           `json:"fd,omitempty"`
 	Local  string        `json:"local,omitempty"`
 	Remote string        `json:"remote,omitempty"`
+	Grant  *grantReport  `json:"grant,omitempty"`
 	PToken pTokenReport  `json:"ptoken"`
 	IToken *iTokenReport `json:"itoken,omitempty"`
 }
@@ -218,6 +287,11 @@ func queryTokens(ctx context.Context, sock string, s syscall.Conn) (tokenReport,
 	if err != nil {
 		return tokenReport{}, explainTokenErr(err)
 	}
+	return reportTokens(ctx, tc, pt)
+}
+
+// reportTokens reports pt and, when a peer is known, its iToken.
+func reportTokens(ctx context.Context, tc *client.Client, pt client.PToken) (tokenReport, error) {
 	r := tokenReport{PToken: pTokenReport{
 		Protected: pt.Protected, Privacy: pt.Privacy, Integrity: pt.Integrity, Compression: pt.Compression,
 		Label: pt.Label, Audit: pt.Audit,
@@ -268,6 +342,18 @@ func printTokenReport(w io.Writer, r tokenReport) {
 		field(w, "process", fmt.Sprintf("%d fd %d", r.PID, r.FD))
 	}
 	field(w, "flow", fmt.Sprintf("%s -> %s", dash(r.Local), dash(r.Remote)))
+	if g := r.Grant; g != nil {
+		if g.Granted == wire.LevelNone.String() {
+			field(w, "grant", fmt.Sprintf("REFUSED (%s asked): %s: %s", strings.ToLower(g.Required), g.Why, dash(g.WhyText)))
+		} else {
+			field(w, "grant", fmt.Sprintf("%s (%s asked), peer %s", strings.ToLower(g.Granted), strings.ToLower(g.Required), dash(g.PeerID)))
+		}
+		pin := strings.ToLower(g.Pin)
+		if g.Iface != "" {
+			pin += " " + g.Iface
+		}
+		field(w, "pinned", pin)
+	}
 	p := r.PToken
 	if p.Protected {
 		field(w, "protected", fmt.Sprintf("yes: privacy %s, integrity %s, compression %s", yesNo(p.Privacy), yesNo(p.Integrity), yesNo(p.Compression)))

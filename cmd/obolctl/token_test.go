@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"os"
@@ -36,8 +37,24 @@ func startTokenAPI(t *testing.T) (sock string, addrs map[string]string) {
 	for name, ln := range tokenapitest.Listeners(t, facts, scen) {
 		addrs[name] = ln.Addr().String()
 	}
-	_, sock = tokenapitest.Serve(t, tokenapi.Config{}, facts)
+	_, sock = tokenapitest.ServeProtect(t, tokenapi.Config{}, facts, loopProtector{})
 	return sock, addrs
+}
+
+// loopProtector grants what an SA gives, pinning to lo as if it were the
+// TUN device, and refuses every CLEAR request.
+type loopProtector struct{}
+
+func (loopProtector) PinTarget(context.Context) (tokenapi.PinTarget, error) {
+	return tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
+func (loopProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (tokenapi.ProtectOutcome, error) {
+	var out tokenapi.ProtectOutcome
+	if r.Level == wire.LevelClear {
+		out.Why, out.WhyText = wire.ReasonPolicyWins, "configured tunnel moon covers the flow"
+	}
+	return out, nil
 }
 
 // connFD dials addr and returns the connection's descriptor number in this
@@ -97,6 +114,20 @@ func TestTokenCLI(t *testing.T) {
 			[]string{"protected:  yes: privacy yes, integrity yes, compression yes", "peer:       CN=moon", "auth:       PKIX_INLINE", "CA DN:      CN=Lab CA"}, "", nil},
 		{"connect clear text", []string{"token", "connect", addrs["clear"], "--token-socket", sock}, 0,
 			[]string{"protected:  no: NO_SA: trap installed", "peer:       - (no authenticated peer)"}, "", nil},
+		{"protect encryption", []string{"token", "connect", addrs["esp"], "--require", "encryption", "--token-socket", sock}, 0,
+			[]string{"grant:      encryption (encryption asked), peer CN=moon", "pinned:     device lo", "protected:  yes"}, "", nil},
+		{"protect peer matches", []string{"token", "connect", "--require", "btns", "--peer", "CN=moon", addrs["esp"], "--token-socket", sock}, 0,
+			[]string{"grant:      encryption (btns asked), peer CN=moon"}, "", nil},
+		{"protect peer differs", []string{"token", "connect", "--require", "encryption", "--peer", "@sun", addrs["esp"], "--token-socket", sock}, 1,
+			[]string{"grant:      REFUSED (encryption asked): PEER_MISMATCH: the SA's authenticated peer is 'CN=moon', not '@sun'", "pinned:     device lo"}, "refused: PEER_MISMATCH", nil},
+		{"protect no SA", []string{"token", "connect", "--require", "encryption", addrs["clear"], "--token-socket", sock}, 1,
+			[]string{"REFUSED (encryption asked): NO_SA: trap installed"}, "refused: NO_SA", nil},
+		{"lower refused", []string{"token", "connect", "--require", "clear", addrs["clear"], "--token-socket", sock, "--json"}, 1, nil, "refused: POLICY_WINS", &tokenReport{
+			Grant:  &grantReport{Required: "CLEAR", Granted: "NONE", Pin: "DEVICE", Iface: "lo", Why: "POLICY_WINS", WhyText: "configured tunnel moon covers the flow"},
+			PToken: pTokenReport{Why: "POLICY_WINS", WhyText: "configured tunnel moon covers the flow"},
+		}},
+		{"protect bad level", []string{"token", "connect", "--require", "max", addrs["esp"]}, 1, nil, `unknown protection level "max"`, nil},
+		{"peer without require", []string{"token", "connect", "--peer", "x", addrs["esp"]}, 1, nil, "--peer needs --require", nil},
 		{"connect refused", []string{"token", "connect", "127.0.0.1:1", "--token-socket", sock}, 1, nil, "is something listening there?", nil},
 		{"no token socket", []string{"token", "connect", addrs["esp"], "--token-socket", "/nonexistent/token.sock"}, 1, nil, "is obold running with [tokenapi] enabled?", nil},
 		{"inspect esp json", []string{"token", "inspect", "--pid", pid, "--fd", espFD, "--token-socket", sock, "--json"}, 0, nil, "", &tokenReport{

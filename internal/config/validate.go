@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/obol-ipsec/obol/tokenapi"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -76,6 +77,11 @@ func (c *Config) validate() []problem {
 		}
 	}
 	if c.TokenAPI.Enabled {
+		for _, g := range c.TokenAPI.LowerGroups {
+			if err := tokenapi.CheckGroup(g); err != nil {
+				ps = append(ps, problem{"tokenapi.lower_groups", err.Error()})
+			}
+		}
 		if err := c.TokenAPI.Config.WithDefaults().Validate(); err != nil {
 			ps = append(ps, problem{"tokenapi", err.Error() + "; fix [tokenapi]"})
 		}

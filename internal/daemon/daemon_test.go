@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -120,11 +121,6 @@ func (f *fakeCharon) ListCerts(_ context.Context, filter vici.CertFilter) ([]vic
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, ok := f.conns[name]
-	if !ok {
-		return nil, f.rec("list-conns")
-	}
-	ci := vici.ConnInfo{Name: c.Name}
 	// As charon: a round's certs and pubkeys are listed by subject (the
 	// round's ID for raw keys; the fake uses the ID for certificates too).
 	round := func(a vici.Auth) vici.AuthInfo {
@@ -135,13 +131,31 @@ func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo,
 		}
 		return ai
 	}
-	for _, a := range c.Local {
-		ci.Local = append(ci.Local, round(a))
+	info := func(c vici.Conn) vici.ConnInfo {
+		ci := vici.ConnInfo{Name: c.Name, LocalAddrs: c.LocalAddrs, RemoteAddrs: c.RemoteAddrs}
+		for _, a := range c.Local {
+			ci.Local = append(ci.Local, round(a))
+		}
+		for _, a := range c.Remote {
+			ci.Remote = append(ci.Remote, round(a))
+		}
+		for _, ch := range c.Children {
+			ci.Children = append(ci.Children, vici.ChildInfo{Name: ch.Name, Mode: ch.Mode, LocalTS: ch.LocalTS, RemoteTS: ch.RemoteTS})
+		}
+		return ci
 	}
-	for _, a := range c.Remote {
-		ci.Remote = append(ci.Remote, round(a))
+	if name == "" { // all conns, as charon lists them
+		var out []vici.ConnInfo
+		for _, n := range slices.Sorted(maps.Keys(f.conns)) {
+			out = append(out, info(f.conns[n]))
+		}
+		return out, f.rec("list-conns")
 	}
-	return []vici.ConnInfo{ci}, f.rec("list-conns")
+	c, ok := f.conns[name]
+	if !ok {
+		return nil, f.rec("list-conns")
+	}
+	return []vici.ConnInfo{info(c)}, f.rec("list-conns")
 }
 
 func (f *fakeCharon) Initiate(_ context.Context, ike, child string) error {

@@ -393,16 +393,7 @@ func (h *tokenHost) WhyNot(ctx context.Context, f tokenapi.Flow) (wire.Reason, s
 	h.d.mu.Unlock()
 	if eng != nil {
 		if reason, failed := eng.Failure(f.Remote.Addr().Unmap()); failed {
-			switch {
-			case strings.Contains(reason, "no OE records"):
-				return wire.ReasonOENoRecords, reason, nil
-			case strings.Contains(reason, "unusable"):
-				return wire.ReasonOEUnusable, reason, nil
-			case strings.Contains(reason, "AUTHENTICATION_FAILED"):
-				return wire.ReasonAuthFailed, reason, nil
-			default:
-				return wire.ReasonNegotiationFailed, reason, nil
-			}
+			return oeReason(reason), reason, nil
 		}
 	}
 	return wire.ReasonNoPolicy, "no IPsec policy covers " + f.Local.String() + " -> " + f.Remote.String() + ": the traffic goes in clear", nil

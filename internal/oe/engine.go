@@ -137,9 +137,12 @@ type Engine struct {
 	// untracked counts ACQUIREs shunted without state (max_tracked reached).
 	untracked int
 	base      []xfrm.Policy // bypasses, traps, blocks
-	wg        sync.WaitGroup
-	ctx       context.Context
-	stopped   bool
+	// changed is closed (and replaced) whenever a tunnel settles or goes:
+	// Request's waiters watch it.
+	changed chan struct{}
+	wg      sync.WaitGroup
+	ctx     context.Context
+	stopped bool
 
 	// cfgMu guards cfgSet, the cached conns obold does not own.
 	cfgMu  sync.Mutex
@@ -174,7 +177,7 @@ func New(cfg Config, p Params) (*Engine, error) {
 		p.MaxInitiates = vici.DefaultMaxControlCalls
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
-		initiating: make(chan struct{}, p.MaxInitiates)}
+		initiating: make(chan struct{}, p.MaxInitiates), changed: make(chan struct{})}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -398,7 +401,6 @@ func (e *Engine) ConnName(role string, p xfrm.Pair) string {
 // DNS and IKE run in their own goroutine.
 func (e *Engine) HandleAcquire(a xfrm.Acquire) {
 	pair := a.Pair()
-	now := e.p.Now()
 	dec := e.pol.Decide(pair.Dst)
 	e.mu.Lock()
 	if e.stopped || e.ctx == nil {
@@ -414,6 +416,12 @@ func (e *Engine) HandleAcquire(a xfrm.Acquire) {
 		e.log.Debug("ACQUIRE outside OE groups ignored", "pair", pair, "group", dec.Group, "exempt", dec.Exempt)
 		return
 	}
+	e.startLocked(pair, dec)
+}
+
+// startLocked starts OE for pair; e.mu is held and is released.
+func (e *Engine) startLocked(pair xfrm.Pair, dec policy.Decision) {
+	now := e.p.Now()
 	if len(e.tunnels) >= e.cfg.MaxTracked {
 		e.untracked++
 		n := e.untracked
@@ -457,6 +465,69 @@ func (e *Engine) setState(t *Tunnel, s State, reason string) {
 	e.mu.Lock()
 	t.State, t.Reason = s, reason
 	e.mu.Unlock()
+}
+
+// notifyLocked wakes Request's waiters; e.mu is held.
+func (e *Engine) notifyLocked() {
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// NotEligibleError: OE cannot be asked for this destination (its group is
+// clear or block, or it is exempt); Reason says which.
+type NotEligibleError struct {
+	Dst    netip.Addr
+	Group  policy.Group
+	Reason string
+}
+
+func (e *NotEligibleError) Error() string {
+	return fmt.Sprintf("OE does not apply to %s: %s", e.Dst, e.Reason)
+}
+
+// Request brings up OE for pair as an ACQUIRE would, also where the group
+// only responds (clear-or-private): a program asked for protection. It
+// waits until the pair's tunnel is up or failed, or ctx ends, and returns
+// a copy of the tunnel; a failed one carries its Reason. A destination OE
+// does not apply to gives a *NotEligibleError.
+func (e *Engine) Request(ctx context.Context, pair xfrm.Pair) (Tunnel, error) {
+	dec := e.pol.Decide(pair.Dst)
+	if dec.Exempt != "" {
+		return Tunnel{}, &NotEligibleError{Dst: pair.Dst, Group: dec.Group, Reason: "exempt from OE (" + dec.Exempt + ")"}
+	}
+	if !dec.Group.Responds() {
+		return Tunnel{}, &NotEligibleError{Dst: pair.Dst, Group: dec.Group, Reason: "its policy group is " + string(dec.Group)}
+	}
+	e.mu.Lock()
+	if e.stopped || e.ctx == nil {
+		e.mu.Unlock()
+		return Tunnel{}, errors.New("the OE engine is not running")
+	}
+	if _, busy := e.tunnels[pair]; !busy {
+		e.startLocked(pair, dec) // releases e.mu
+		e.mu.Lock()
+	}
+	for {
+		t, ok := e.tunnels[pair]
+		if !ok {
+			e.mu.Unlock()
+			return Tunnel{}, fmt.Errorf("the OE tunnel for %s went away while it was being set up; ask again", pair)
+		}
+		if t.State == StateUp || t.State == StateFailed {
+			c := *t
+			c.shunt, c.allow = nil, nil
+			e.mu.Unlock()
+			return c, nil
+		}
+		wait := e.changed
+		e.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return Tunnel{}, fmt.Errorf("OE for %s still %s: %w", pair, t.State, ctx.Err())
+		}
+		e.mu.Lock()
+	}
 }
 
 // initiate resolves the peer and tries its gateways in order.
@@ -709,6 +780,7 @@ func (e *Engine) up(ctx context.Context, t *Tunnel) bool {
 	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
 	t.allow = append(t.allow, allows...)
 	delete(e.backoff, t.Pair.Dst)
+	e.notifyLocked()
 	e.mu.Unlock()
 	e.removeShunt(ctx, t)
 	e.log.Info("OE tunnel up", "pair", t.Pair, "role", t.Role, "gateway", t.Gateway, "dnssec", t.DNSSEC)
@@ -736,6 +808,7 @@ func (e *Engine) fail(t *Tunnel, dec policy.Decision, reason string, backoffToo 
 		b.until = now.Add(b.next)
 		e.backoff[t.Pair.Dst] = b
 	}
+	e.notifyLocked()
 	e.mu.Unlock()
 	e.log.Warn("OE failed", "pair", t.Pair, "group", dec.Group, "shunt", action, "for", dec.ShuntLifetime, "reason", reason)
 }
@@ -1310,6 +1383,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 		all = append(all, t)
 		delete(e.tunnels, pair)
 	}
+	e.notifyLocked()
 	e.mu.Unlock()
 	e.wg.Wait()
 	for _, t := range all {

@@ -617,3 +617,77 @@ func TestAdoptAfterRestart(t *testing.T) {
 		t.Error("adopted tunnel's allow policies left after its Delete")
 	}
 }
+
+// TestRequest: a program's request starts OE where the group only responds
+// (clear-or-private), waits for the outcome, reuses an up tunnel, reports a
+// failure's reason, and refuses destinations OE does not apply to.
+func TestRequest(t *testing.T) {
+	tests := []struct {
+		name      string
+		groups    string
+		dst       string
+		records   bool
+		ikeFail   bool
+		state     State
+		reason    string
+		ineligile string
+	}{
+		{"clear-or-private with records -> up", "clear-or-private=10.2.0.0/16", "10.2.0.10", true, false, StateUp, "", ""},
+		{"private-or-clear without records -> failed", "private-or-clear=10.2.0.0/16", "10.2.0.10", false, false, StateFailed, "no OE records", ""},
+		{"private, IKE fails -> failed", "private=10.2.0.0/16", "10.2.0.10", true, true, StateFailed, "AUTHENTICATION_FAILED", ""},
+		{"clear group -> not eligible", "clear=10.2.0.0/16", "10.2.0.10", true, false, "", "", "policy group is clear"},
+		{"own address -> not eligible", "private=10.2.0.0/16", "10.2.99.1", true, false, "", "", "exempt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, tt.groups, nil)
+			dst := netip.MustParseAddr(tt.dst)
+			if tt.records {
+				r.dns.answers[dst] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure}
+			}
+			if tt.ikeFail {
+				r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			pair := xfrm.Pair{Src: netip.MustParseAddr("10.1.0.10"), Dst: dst}
+			tu, err := r.e.Request(ctx, pair)
+			if tt.ineligile != "" {
+				var ne *NotEligibleError
+				if !errors.As(err, &ne) || !strings.Contains(err.Error(), tt.ineligile) {
+					t.Fatalf("err = %v, want NotEligibleError with %q", err, tt.ineligile)
+				}
+				if len(r.e.Tunnels()) != 0 || len(r.ch.initiated) != 0 {
+					t.Errorf("OE started anyway: %+v %v", r.e.Tunnels(), r.ch.initiated)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tu.State != tt.state || !strings.Contains(tu.Reason, tt.reason) || tu.Pair != pair {
+				t.Fatalf("tunnel %+v, want state %s reason %q", tu, tt.state, tt.reason)
+			}
+			// Asking again reuses what stands: no second negotiation.
+			n := len(r.ch.initiated)
+			again, err := r.e.Request(ctx, pair)
+			if err != nil || again.State != tt.state || len(r.ch.initiated) != n {
+				t.Errorf("second request: %+v %v, initiations %d -> %d", again, err, n, len(r.ch.initiated))
+			}
+		})
+	}
+}
+
+// TestRequestWaitsAndTimesOut: a request waits for a negotiation in
+// progress and gives up when its context ends.
+func TestRequestWaitsAndTimesOut(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.block = make(chan struct{}) // DNS hangs
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := r.e.Request(ctx, xfrm.Pair{Src: netip.MustParseAddr("10.1.0.10"), Dst: netip.MustParseAddr("10.2.0.10")})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "resolving") {
+		t.Fatalf("err = %v, want a deadline while resolving", err)
+	}
+	close(r.dns.block)
+}

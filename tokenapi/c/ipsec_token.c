@@ -31,9 +31,11 @@ enum {
 	T_PTOKEN_GET = 0x02,
 	T_PTOKEN_RELEASE = 0x03,
 	T_ITOKEN_GET = 0x04,
+	T_PROTECT = 0x05,
 	T_PTOKEN_REPLY = 0x81,
 	T_OK = 0x83,
 	T_ITOKEN_REPLY = 0x84,
+	T_PROTECT_REPLY = 0x85,
 	/* events and datagrams */
 	T_SUBSCRIBE = 0x06,
 	T_UNSUBSCRIBE = 0x07,
@@ -50,6 +52,8 @@ enum {
 	A_PUBKEY_ID = 13, A_CHANNEL_BINDING = 14, A_LABEL = 15,
 	A_REMOTE_ID = 16, A_ERROR_CODE = 17, A_ERROR_TEXT = 18,
 	A_MAX_VERSION = 19,
+	/* influence */
+	A_REQUIRE = 20, A_PEER_ID = 21, A_GRANTED = 22, A_PIN = 23, A_PIN_IFACE = 24,
 	/* events and datagrams */
 	A_SUBSCRIPTION = 30, A_EVENT_KIND = 31, A_PEER_ADDR = 32, A_PEER_PORT = 33,
 	A_LOCAL_ADDR = 34,
@@ -68,6 +72,8 @@ static const unsigned char attr_kind[A_KNOWN_MAX + 1] = {
 	[A_CHANNEL_BINDING] = K_BLOB, [A_LABEL] = K_STRING,
 	[A_REMOTE_ID] = K_STRING, [A_ERROR_CODE] = K_U16,
 	[A_ERROR_TEXT] = K_STRING, [A_MAX_VERSION] = K_U8,
+	[A_REQUIRE] = K_U8, [A_PEER_ID] = K_STRING, [A_GRANTED] = K_U8,
+	[A_PIN] = K_U8, [A_PIN_IFACE] = K_STRING,
 	[A_SUBSCRIPTION] = K_U64, [A_EVENT_KIND] = K_U8, [A_PEER_ADDR] = K_ADDR,
 	[A_PEER_PORT] = K_U16, [A_LOCAL_ADDR] = K_ADDR,
 };
@@ -461,16 +467,20 @@ static int queue_event(ipsec_conn *c, size_t n)
 	return IPSEC_OK;
 }
 
-/* roundtrip sends one request with body (bodylen bytes of attributes) and,
+/* The longest request body: PROTECT's REQUIRE and a PEER_ID string
+ * (PTOKEN_QUERY_FROM's two addresses and a port are shorter). */
+#define MAX_REQUEST_BODY (4u + 1u + 4u + MAX_STRING)
+
+/* roundtrip_body sends one request with body (bodylen bytes of attributes) and,
  * when fd >= 0, the descriptor in SCM_RIGHTS; it reads the reply to it,
  * skipping late replies to earlier abandoned requests and queueing events,
  * and checks its type. */
 static int roundtrip_body(ipsec_conn *c, uint8_t type, const unsigned char *body, size_t bodylen, int fd,
 			  uint8_t want, struct reply *r)
 {
-	unsigned char req[HEADER_LEN + 64];
-	if (bodylen > sizeof req - HEADER_LEN)
-		return fail(c, IPSEC_E_INVALID, EINVAL, "token API: request too large");
+	unsigned char req[HEADER_LEN + MAX_REQUEST_BODY];
+	if (bodylen > MAX_REQUEST_BODY)
+		return fail(c, IPSEC_E_INVALID, EINVAL, "token API: request body of %zu bytes is too long", bodylen);
 	size_t len = HEADER_LEN + bodylen;
 	c->next_id++;
 	if (c->next_id == 0) /* 0 means "not an answer"; never use it */
@@ -570,7 +580,7 @@ static size_t need(const struct reply *r, int t) { return r->a[t].present ? r->a
 static const char *put_str(struct store *s, const struct reply *r, int t)
 {
 	char *p = s->mem + s->off;
-	size_t len = r->a[t].present ? r->a[t].len : 0;
+	size_t len = t >= 0 && r->a[t].present ? r->a[t].len : 0;
 	if (len > 0)
 		memcpy(p, r->a[t].val, len);
 	p[len] = '\0';
@@ -711,6 +721,90 @@ void ipsec_itoken_free(ipsec_itoken *it)
 	memset(it, 0, sizeof *it);
 }
 
+/* ---- influence ---- */
+
+int ipsec_protect(ipsec_conn *conn, int sockfd, int level, const char *peer_id, ipsec_grant *out)
+{
+	if (out != NULL)
+		memset(out, 0, sizeof *out);
+	if (conn == NULL || out == NULL) {
+		errno = EINVAL;
+		return IPSEC_E_INVALID;
+	}
+	out->why_text = out->pin_iface = out->peer_id = "";
+	if (sockfd < 0)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: invalid socket descriptor %d", sockfd);
+	if (level < 0 || level > 255)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: level %d is not an enum ipsec_level", level);
+	size_t plen = peer_id != NULL ? strlen(peer_id) : 0;
+	if (plen > MAX_STRING)
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: peer_id is longer than %u bytes", MAX_STRING);
+	if (plen > 0 && !utf8_valid((const unsigned char *)peer_id, plen))
+		return fail(conn, IPSEC_E_INVALID, EINVAL, "token API: peer_id is not UTF-8");
+	unsigned char body[MAX_REQUEST_BODY];
+	size_t n = 0;
+	put16(body, A_REQUIRE);
+	put16(body + 2, 1);
+	body[4] = (unsigned char)level;
+	n = 5;
+	if (plen > 0) {
+		put16(body + n, A_PEER_ID);
+		put16(body + n + 2, (uint16_t)plen);
+		memcpy(body + n + 4, peer_id, plen);
+		n += 4 + plen;
+	}
+	struct reply r;
+	int rc = roundtrip_body(conn, T_PROTECT, body, n, sockfd, T_PROTECT_REPLY, &r);
+	if (rc != IPSEC_OK)
+		return rc;
+	rc = decode_ptoken(conn, &r, 0, &out->ptoken);
+	if (rc != IPSEC_OK)
+		return rc;
+	struct store s = { .size = need(&r, A_WHY_TEXT) + need(&r, A_PIN_IFACE) + need(&r, A_REMOTE_ID) };
+	s.mem = malloc(s.size);
+	if (s.mem == NULL) {
+		ipsec_ptoken_free(&out->ptoken);
+		return fail(conn, IPSEC_E_SYSTEM, ENOMEM, "token API: out of memory");
+	}
+	out->granted = (int)a_u8(&r, A_GRANTED);
+	out->pin = (int)a_u8(&r, A_PIN);
+	if (out->granted == IPSEC_LEVEL_NONE) {
+		out->why = (int)a_u16(&r, A_WHY_CODE);
+		out->why_text = put_str(&s, &r, A_WHY_TEXT);
+	} else {
+		out->why_text = put_str(&s, &r, -1);
+	}
+	out->pin_iface = put_str(&s, &r, A_PIN_IFACE);
+	out->peer_id = put_str(&s, &r, A_REMOTE_ID);
+	out->mem_ = s.mem;
+	return ok(conn);
+}
+
+void ipsec_grant_free(ipsec_grant *grant)
+{
+	if (grant == NULL)
+		return;
+	ipsec_ptoken_free(&grant->ptoken);
+	free(grant->mem_);
+	memset(grant, 0, sizeof *grant);
+}
+
+const char *ipsec_level_name(int level)
+{
+	static const char *const names[] = { "NONE", "ENCRYPTION", "INTEGRITY", "BTNS", "CLEAR" };
+	if (level >= 0 && (size_t)level < sizeof names / sizeof names[0])
+		return names[level];
+	return NULL;
+}
+
+const char *ipsec_pin_name(int pin)
+{
+	static const char *const names[] = { "NONE", "DEVICE", "XFRM", "BYPASS" };
+	if (pin >= 0 && (size_t)pin < sizeof names / sizeof names[0])
+		return names[pin];
+	return NULL;
+}
+
 /* ---- names ---- */
 
 static const char *const status_names[] = {
@@ -731,6 +825,8 @@ static const char *const status_names[] = {
 	[IPSEC_E_DENIED] = "DENIED",
 	[IPSEC_E_ADDRESS_MISMATCH] = "ADDRESS_MISMATCH",
 	[IPSEC_E_NO_EVENTS] = "NO_EVENTS",
+	[IPSEC_E_BAD_LEVEL] = "BAD_LEVEL",
+	[IPSEC_E_PIN_FAILED] = "PIN_FAILED",
 };
 
 static const char *const local_names[] = { "SYSTEM", "TIMEOUT", "CLOSED", "BAD_REPLY", "INVALID", "OVERFLOW" };
@@ -753,6 +849,8 @@ static const char *const status_texts[] = {
 	[IPSEC_E_DENIED] = "IPSEC_E_DENIED: this user may not use the token API",
 	[IPSEC_E_ADDRESS_MISMATCH] = "IPSEC_E_ADDRESS_MISMATCH: the datagram's local address is not the socket's",
 	[IPSEC_E_NO_EVENTS] = "IPSEC_E_NO_EVENTS: this obold cannot send events",
+	[IPSEC_E_BAD_LEVEL] = "IPSEC_E_BAD_LEVEL: not a protection level obold knows",
+	[IPSEC_E_PIN_FAILED] = "IPSEC_E_PIN_FAILED: obold could not pin the socket; its traffic is not held back",
 };
 
 static const char *const local_texts[] = {
@@ -801,8 +899,13 @@ const char *ipsec_why_name(int why)
 		"NONE", "NO_POLICY", "NO_SA", "NEGOTIATION_FAILED", "AUTH_FAILED", "LABEL_DENIED",
 		"OE_NO_RECORDS", "OE_UNUSABLE", "LOCAL", "BLOCKED", "UNKNOWN",
 	};
+	static const char *const protect_names[] = {
+		"PEER_MISMATCH", "DENIED", "POLICY_WINS", "DNS_TIMEOUT", "INSUFFICIENT",
+	};
 	if (why >= 0 && (size_t)why < NELEM(names))
 		return names[why];
+	if (why >= IPSEC_WHY_PEER_MISMATCH && (size_t)(why - IPSEC_WHY_PEER_MISMATCH) < NELEM(protect_names))
+		return protect_names[why - IPSEC_WHY_PEER_MISMATCH];
 	if (why == IPSEC_WHY_LABEL_UNKNOWN)
 		return "LABEL_UNKNOWN";
 	return NULL;

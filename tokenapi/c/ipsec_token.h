@@ -55,6 +55,9 @@ enum ipsec_status {
 	IPSEC_E_UNAVAILABLE = 12,
 	IPSEC_E_INTERNAL = 13,
 	IPSEC_E_DENIED = 14,
+	/* ipsec_protect (influence; PROTOCOL.md "Influence") */
+	IPSEC_E_BAD_LEVEL = 20,  /* level is not an enum ipsec_level value obold knows */
+	IPSEC_E_PIN_FAILED = 21, /* obold could not pin the socket: its traffic is NOT held back */
 	/* 25..29: events and datagrams (PROTOCOL.md, "Events and datagrams") */
 	IPSEC_E_ADDRESS_MISMATCH = 25, /* the datagram's local address is not the socket's */
 	IPSEC_E_NO_EVENTS = 26,        /* this obold cannot send events */
@@ -95,6 +98,12 @@ enum ipsec_why {
 	IPSEC_WHY_LOCAL = 8,
 	IPSEC_WHY_BLOCKED = 9,
 	IPSEC_WHY_UNKNOWN = 10,
+	/* refusals of ipsec_protect */
+	IPSEC_WHY_PEER_MISMATCH = 20, /* the SA's authenticated peer is not the identity asked for */
+	IPSEC_WHY_DENIED = 21,        /* asking for less than policy needs CAP_NET_ADMIN or a lower_groups group */
+	IPSEC_WHY_POLICY_WINS = 22,   /* private, block or a configured tunnel: nobody can lower it */
+	IPSEC_WHY_DNS_TIMEOUT = 23,   /* opportunistic: the DNS lookup for the peer timed out */
+	IPSEC_WHY_INSUFFICIENT = 24,  /* an SA covers the flow but gives less than asked */
 	/* Several CHILD_SAs with different labels cover the flow and the
 	 * socket's own label is unknown: no label is claimed. May come with a
 	 * protected flow. */
@@ -109,6 +118,23 @@ enum ipsec_event_kind {
 	IPSEC_EVENT_REKEY_FAILED = 4,       /* charon failed to rekey, will retry */
 	IPSEC_EVENT_IDENTITY_CHANGED = 5,   /* the flow's iToken changed */
 	IPSEC_EVENT_PROTECTION_CHANGED = 6  /* privacy, integrity, compression or label changed */
+};
+
+/* What ipsec_protect asks for, and what was granted. */
+enum ipsec_level {
+	IPSEC_LEVEL_NONE = 0,       /* granted: nothing (refused) */
+	IPSEC_LEVEL_ENCRYPTION = 1, /* privacy and integrity, an authenticated peer */
+	IPSEC_LEVEL_INTEGRITY = 2,  /* at least integrity */
+	IPSEC_LEVEL_BTNS = 3,       /* privacy and integrity, an unauthenticated peer is fine */
+	IPSEC_LEVEL_CLEAR = 4       /* no IPsec for this socket: less than policy, needs privilege */
+};
+
+/* How obold fixed the socket after ipsec_protect. */
+enum ipsec_pin {
+	IPSEC_PIN_NONE = 0,
+	IPSEC_PIN_DEVICE = 1, /* bound to charon's TUN device (userspace ESP) */
+	IPSEC_PIN_XFRM = 2,   /* per-socket XFRM policies requiring ESP (kernel ESP) */
+	IPSEC_PIN_BYPASS = 3  /* per-socket XFRM bypass: the socket stays clear (CLEAR granted) */
 };
 
 /* A pToken handle names a pToken on one connection only (from 1). */
@@ -148,6 +174,18 @@ typedef struct ipsec_itoken {
 	size_t channel_binding_len;
 	void *mem_;                    /* private: storage */
 } ipsec_itoken;
+
+/* The answer to ipsec_protect. Strings are never NULL ("" when absent). */
+typedef struct ipsec_grant {
+	int granted;           /* enum ipsec_level in force; IPSEC_LEVEL_NONE: refused */
+	int why;               /* enum ipsec_why: why refused; IPSEC_WHY_NONE when granted */
+	const char *why_text;  /* the same for people */
+	int pin;               /* enum ipsec_pin */
+	const char *pin_iface; /* the device with IPSEC_PIN_DEVICE */
+	const char *peer_id;   /* the authenticated peer's IKE identity ("" when clear) */
+	ipsec_ptoken ptoken;   /* the flow's pToken after the action (a live pToken) */
+	void *mem_;            /* private: storage */
+} ipsec_grant;
 
 /*
  * Connects to obold's token API socket (NULL: IPSEC_TOKEN_DEFAULT_SOCKET).
@@ -264,6 +302,33 @@ const char *ipsec_status_name(int code);
 const char *ipsec_auth_method_name(int method);
 /* "NO_SA", ...; "NONE" for 0; NULL for an unknown value. */
 const char *ipsec_why_name(int why);
+
+/*
+ * Asks obold to protect the flow of sockfd (a connected TCP, UDP or SCTP
+ * socket the caller holds) at level (enum ipsec_level), from the peer whose
+ * IKE identity is peer_id (NULL or "": any peer). obold reuses an SA or
+ * brings one up (opportunistic encryption, or a configured conn), and pins
+ * the socket: bound to charon's TUN device or given per-socket XFRM
+ * policies, so its traffic never leaves unprotected, also after the SA goes
+ * away. A refused request (out->granted == IPSEC_LEVEL_NONE, out->why says
+ * why) is pinned too, unless IPSEC_LEVEL_CLEAR was asked and granted.
+ * IPSEC_LEVEL_CLEAR needs CAP_NET_ADMIN or a tokenapi.lower_groups group;
+ * private, block and configured tunnels refuse it for everyone.
+ * Returns IPSEC_OK when obold answered (granted or refused); an error
+ * status means the socket was not changed, except IPSEC_E_PIN_FAILED (close
+ * it) and IPSEC_E_UNAVAILABLE for a protection level (it is pinned first,
+ * so it stays pinned; ipsec_token_errtext says so).
+ * An IKE negotiation may run: raise ipsec_token_set_timeout (e.g. 30000)
+ * first. Free *out with ipsec_grant_free (also after an error).
+ */
+int ipsec_protect(ipsec_conn *conn, int sockfd, int level, const char *peer_id, ipsec_grant *out);
+
+/* Frees a grant's storage (not its pToken on obold); NULL is a no-op. */
+void ipsec_grant_free(ipsec_grant *grant);
+
+/* Names of levels and pins ("ENCRYPTION", "DEVICE"), or NULL when unknown. */
+const char *ipsec_level_name(int level);
+const char *ipsec_pin_name(int pin);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
  *       rel[:N]   ipsec_ptoken_release
  *       it[:N]    ipsec_itoken_get (default: the last pToken's iToken)
  *       timeout:MS ipsec_token_set_timeout
+ *       p:FD:LEVEL[:PEER] ipsec_protect (LEVEL a number, PEER an identity)
  *       sub:FD    ipsec_subscribe on descriptor FD
  *       unsub[:N] ipsec_unsubscribe (default: the last subscription)
  *       ev        ipsec_event_next
@@ -100,6 +101,51 @@ static void print_it(const ipsec_itoken *it)
 	str("it.audit", it->audit);
 }
 
+static void print_grant(const ipsec_grant *g)
+{
+	const char *l = ipsec_level_name(g->granted), *p = ipsec_pin_name(g->pin), *w = ipsec_why_name(g->why);
+	if (l != NULL)
+		printf("g.granted=%s\n", l);
+	else
+		printf("g.granted=%d\n", g->granted);
+	if (w != NULL)
+		printf("g.why=%s\n", w);
+	else
+		printf("g.why=%d\n", g->why);
+	str("g.why_text", g->why_text);
+	if (p != NULL)
+		printf("g.pin=%s\n", p);
+	else
+		printf("g.pin=%d\n", g->pin);
+	str("g.pin_iface", g->pin_iface);
+	str("g.peer_id", g->peer_id);
+	print_pt(&g->ptoken);
+}
+
+/* protect_op runs "p:FD:LEVEL[:PEER]". */
+static int protect_op(ipsec_conn *c, const char *op, uint64_t *last_pt, uint64_t *last_it, int *rc)
+{
+	char *end;
+	errno = 0;
+	unsigned long fd = strtoul(op + 2, &end, 10);
+	if (errno != 0 || end == op + 2 || *end != ':' || fd > 1024)
+		return -1;
+	const char *lv = end + 1;
+	unsigned long level = strtoul(lv, &end, 10);
+	if (end == lv || (*end != '\0' && *end != ':') || level > 255)
+		return -1;
+	const char *peer = *end == ':' ? end + 1 : NULL;
+	ipsec_grant g;
+	*rc = ipsec_protect(c, (int)fd, (int)level, peer, &g);
+	if (*rc == IPSEC_OK) {
+		print_grant(&g);
+		*last_pt = g.ptoken.handle;
+		*last_it = g.ptoken.itoken;
+	}
+	ipsec_grant_free(&g);
+	return 0;
+}
+
 /* arg parses the number after "op:" or returns def when there is none. */
 static int arg(const char *op, uint64_t def, uint64_t *out)
 {
@@ -181,6 +227,9 @@ int main(int argc, char **argv)
 				last_it = pt.itoken;
 			}
 			ipsec_ptoken_free(&pt);
+		} else if (strncmp(op, "p:", 2) == 0) {
+			if (protect_op(c, op, &last_pt, &last_it, &rc) < 0)
+				goto usage;
 		} else if (strncmp(op, "get", 3) == 0) {
 			if (arg(op, last_pt, &v) < 0)
 				goto usage;

@@ -158,6 +158,69 @@ func decodeIToken(m wire.Message) (IToken, error) {
 	}, nil
 }
 
+// Request is what Protect asks for.
+type Request struct {
+	Level wire.Level // ENCRYPTION, INTEGRITY, BTNS, or CLEAR (less than policy: needs privilege)
+	// PeerID, when set, is the IKE identity the authenticated peer must have.
+	PeerID string
+}
+
+// Grant is obold's answer to Protect.
+type Grant struct {
+	// Granted is the level in force; NONE when refused (then PToken.Why
+	// and WhyText say why).
+	Granted wire.Level
+	// Pin says how obold fixed the socket; Iface is the device it is bound
+	// to with PIN_DEVICE. A refused socket stays pinned unless CLEAR was
+	// granted: its traffic never leaves in clear.
+	Pin   wire.Pin
+	Iface string
+	// PeerID is the authenticated peer's IKE identity ("" when clear).
+	PeerID string
+	// PToken is the flow's pToken after the action.
+	PToken PToken
+}
+
+// Refused tells whether obold did not grant what was asked.
+func (g Grant) Refused() bool { return g.Granted == wire.LevelNone }
+
+// Protect asks obold to protect the flow of s as r says: it reuses or brings
+// up an SA and pins the socket so its traffic never leaves unprotected.
+// It may take as long as an IKE negotiation; bound it with ctx.
+func (c *Client) Protect(ctx context.Context, s syscall.Conn, r Request) (Grant, error) {
+	rc, err := s.SyscallConn()
+	if err != nil {
+		return Grant{}, fmt.Errorf("token API: cannot get the socket's descriptor: %w", err)
+	}
+	var m wire.Message
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		m, rerr = c.roundTrip(ctx, wire.TypeProtect, func(b *wire.Builder) {
+			b.U8(wire.AttrRequire, uint8(r.Level)).String(wire.AttrPeerID, r.PeerID)
+		}, []int{int(fd)})
+	}); err != nil {
+		return Grant{}, fmt.Errorf("token API: cannot use the socket's descriptor: %w", err)
+	}
+	if rerr != nil {
+		return Grant{}, rerr
+	}
+	return decodeGrant(m)
+}
+
+func decodeGrant(m wire.Message) (Grant, error) {
+	if m.Type != wire.TypeProtectReply {
+		return Grant{}, fmt.Errorf("token API: got %s, want PROTECT_REPLY", m.Type)
+	}
+	g, _ := m.U8(wire.AttrGranted)
+	pin, _ := m.U8(wire.AttrPin)
+	m.Type = wire.TypePTokenReply // the same pToken attributes
+	pt, err := decodePToken(m)
+	if err != nil {
+		return Grant{}, err
+	}
+	return Grant{Granted: wire.Level(g), Pin: wire.Pin(pin), Iface: m.String(wire.AttrPinIface), PeerID: m.String(wire.AttrRemoteID), PToken: pt}, nil
+}
+
 func decodePToken(m wire.Message) (PToken, error) {
 	if m.Type != wire.TypePTokenReply {
 		return PToken{}, fmt.Errorf("token API: got %s, want PTOKEN_REPLY", m.Type)

@@ -84,12 +84,20 @@ func Listeners(t testing.TB, facts *PortFacts, scenarios map[string]tokenapi.Pro
 // cfg names one) until the test ends, and returns it with its socket path.
 func Serve(t testing.TB, cfg tokenapi.Config, facts tokenapi.Facts) (*tokenapi.Server, string) {
 	t.Helper()
+	return serve(t, cfg, facts, nil)
+}
+
+func serve(t testing.TB, cfg tokenapi.Config, facts tokenapi.Facts, p tokenapi.Protector) (*tokenapi.Server, string) {
+	t.Helper()
 	if cfg.Socket == "" {
 		cfg.Socket = filepath.Join(t.TempDir(), "token.sock")
 	}
 	srv, err := tokenapi.NewServer(cfg, facts, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if p != nil {
+		srv.SetProtector(p)
 	}
 	ln, err := srv.Listen()
 	if err != nil {
@@ -124,3 +132,9 @@ func (f *ChangeFacts) Changes(context.Context) <-chan tokenapi.Change { return f
 
 // Notify tells the server that something changed.
 func (f *ChangeFacts) Notify(c tokenapi.Change) { f.ch <- c }
+
+// ServeProtect is Serve with a Protector: the server answers PROTECT too.
+func ServeProtect(t testing.TB, cfg tokenapi.Config, facts tokenapi.Facts, p tokenapi.Protector) (*tokenapi.Server, string) {
+	t.Helper()
+	return serve(t, cfg, facts, p)
+}

@@ -1,6 +1,9 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // ErrorCode is the value of AttrErrorCode in an ERROR reply.
 type ErrorCode uint16
@@ -34,7 +37,8 @@ var errorNames = map[ErrorCode]string{
 	ErrCodeNotSocket: "NOT_SOCKET", ErrCodeNotInet: "NOT_INET", ErrCodeNotConnected: "NOT_CONNECTED",
 	ErrCodeUnsupportedProto: "UNSUPPORTED_PROTOCOL", ErrCodeUnknownHandle: "UNKNOWN_HANDLE",
 	ErrCodeLimit: "LIMIT", ErrCodeUnavailable: "UNAVAILABLE", ErrCodeInternal: "INTERNAL",
-	ErrCodeDenied: "DENIED", ErrCodeAddressMismatch: "ADDRESS_MISMATCH", ErrCodeNoEvents: "NO_EVENTS",
+	ErrCodeDenied: "DENIED", ErrCodeBadLevel: "BAD_LEVEL", ErrCodePinFailed: "PIN_FAILED",
+	ErrCodeAddressMismatch: "ADDRESS_MISMATCH", ErrCodeNoEvents: "NO_EVENTS",
 }
 
 func (c ErrorCode) String() string {
@@ -71,7 +75,9 @@ var reasonNames = map[Reason]string{
 	ReasonNegotiationFailed: "NEGOTIATION_FAILED", ReasonAuthFailed: "AUTH_FAILED",
 	ReasonLabelDenied: "LABEL_DENIED", ReasonOENoRecords: "OE_NO_RECORDS",
 	ReasonOEUnusable: "OE_UNUSABLE", ReasonLocal: "LOCAL", ReasonBlocked: "BLOCKED",
-	ReasonUnknown: "UNKNOWN", ReasonLabelUnknown: "LABEL_UNKNOWN",
+	ReasonUnknown: "UNKNOWN", ReasonPeerMismatch: "PEER_MISMATCH", ReasonDenied: "DENIED",
+	ReasonPolicyWins: "POLICY_WINS", ReasonDNSTimeout: "DNS_TIMEOUT", ReasonInsufficient: "INSUFFICIENT",
+	ReasonLabelUnknown: "LABEL_UNKNOWN",
 }
 
 func (r Reason) String() string {
@@ -135,3 +141,71 @@ func (k EventKind) String() string {
 	}
 	return fmt.Sprintf("EVENT_%d", uint8(k))
 }
+
+// Level is a protection level a PROTECT request asks for (AttrRequire) and
+// the one granted (AttrGranted).
+type Level uint8
+
+// Protection levels (PROTECT.md, "Influence").
+const (
+	LevelNone       Level = 0 // granted: nothing (the request was refused)
+	LevelEncryption Level = 1 // privacy and integrity, the peer authenticated (not BTNS/NONE)
+	LevelIntegrity  Level = 2 // at least integrity; an encrypting SA satisfies it
+	LevelBTNS       Level = 3 // privacy and integrity, an unauthenticated peer is fine
+	LevelClear      Level = 4 // no IPsec for this socket: less than policy may want, needs privilege
+)
+
+var levelNames = [...]string{"NONE", "ENCRYPTION", "INTEGRITY", "BTNS", "CLEAR"}
+
+func (l Level) String() string {
+	if int(l) < len(levelNames) {
+		return levelNames[l]
+	}
+	return fmt.Sprintf("LEVEL_%d", uint8(l))
+}
+
+// ParseLevel reads a level name as obolctl takes it ("encryption",
+// "integrity", "btns", "clear"), case-insensitively.
+func ParseLevel(s string) (Level, error) {
+	for i, n := range levelNames[1:] {
+		if strings.EqualFold(s, n) {
+			return Level(i + 1), nil
+		}
+	}
+	return LevelNone, fmt.Errorf("unknown protection level %q; use encryption, integrity, btns or clear", s)
+}
+
+// Pin is how obold fixed a socket after PROTECT (AttrPin).
+type Pin uint8
+
+// Pins.
+const (
+	PinNone   Pin = 0 // nothing was set on the socket
+	PinDevice Pin = 1 // SO_BINDTODEVICE to charon's TUN device (userspace ESP): no route out in clear
+	PinXFRM   Pin = 2 // per-socket XFRM policies requiring ESP, both directions (kernel ESP)
+	PinBypass Pin = 3 // per-socket XFRM bypass policies: the socket's traffic stays clear (CLEAR granted)
+)
+
+var pinNames = [...]string{"NONE", "DEVICE", "XFRM", "BYPASS"}
+
+func (p Pin) String() string {
+	if int(p) < len(pinNames) {
+		return pinNames[p]
+	}
+	return fmt.Sprintf("PIN_%d", uint8(p))
+}
+
+// WHY reasons of PROTECT refusals (tok-influence's range, 20-24).
+const (
+	ReasonPeerMismatch Reason = 20 // the SA's authenticated peer is not the identity asked for
+	ReasonDenied       Reason = 21 // lowering protection needs CAP_NET_ADMIN or a lower_groups group
+	ReasonPolicyWins   Reason = 22 // system policy (private, block, a configured tunnel) cannot be lowered
+	ReasonDNSTimeout   Reason = 23 // opportunistic: the DNS lookup for the peer's records timed out
+	ReasonInsufficient Reason = 24 // an SA covers the flow but is weaker than asked (no privacy, no authentication)
+)
+
+// Error codes of PROTECT (tok-influence's range, 20-24).
+const (
+	ErrCodeBadLevel  ErrorCode = 20 // REQUIRE missing or not a known Level
+	ErrCodePinFailed ErrorCode = 21 // the socket could not be pinned; it was not changed
+)

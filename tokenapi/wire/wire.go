@@ -36,6 +36,7 @@ const (
 	TypePTokenGet     Type = 0x02
 	TypePTokenRelease Type = 0x03
 	TypeITokenGet     Type = 0x04
+	TypeProtect       Type = 0x05 // the socket's fd travels in SCM_RIGHTS
 	// Events and per-datagram pTokens (PROTOCOL.md, "Events and datagrams").
 	TypeSubscribe       Type = 0x06 // the socket's fd travels in SCM_RIGHTS
 	TypeUnsubscribe     Type = 0x07
@@ -43,6 +44,7 @@ const (
 	TypePTokenReply     Type = 0x81
 	TypeOK              Type = 0x83
 	TypeITokenReply     Type = 0x84
+	TypeProtectReply    Type = 0x85
 	TypeSubscribed      Type = 0x86 // reply to SUBSCRIBE
 	TypeEvent           Type = 0x87 // pushed by the server, id 0
 	TypeError           Type = 0xFF
@@ -58,6 +60,10 @@ func (t Type) String() string {
 		return "PTOKEN_RELEASE"
 	case TypeITokenGet:
 		return "ITOKEN_GET"
+	case TypeProtect:
+		return "PROTECT"
+	case TypeProtectReply:
+		return "PROTECT_REPLY"
 	case TypePTokenReply:
 		return "PTOKEN_REPLY"
 	case TypeOK:
@@ -103,6 +109,12 @@ const (
 	AttrErrorCode      uint16 = 17 // u16
 	AttrErrorText      uint16 = 18 // string
 	AttrMaxVersion     uint16 = 19 // u8
+	// Influence (PROTECT, PROTECT_REPLY).
+	AttrRequire  uint16 = 20 // u8: a Level, what PROTECT asks for
+	AttrPeerID   uint16 = 21 // string: the IKE identity the peer must have
+	AttrGranted  uint16 = 22 // u8: the Level in force after PROTECT (NONE when refused)
+	AttrPin      uint16 = 23 // u8: a Pin, how obold fixed the socket
+	AttrPinIface uint16 = 24 // string: the device a PIN_DEVICE socket is bound to
 
 	AttrSubscription uint16 = 30 // u64: a subscription on one connection, from 1
 	AttrEventKind    uint16 = 31 // u8: EventKind
@@ -132,6 +144,7 @@ var attrKinds = map[uint16]kind{
 	AttrAuthMethod: kindU8, AttrCertDN: kindString, AttrCADN: kindString, AttrPubKeyID: kindString,
 	AttrChannelBinding: kindBlob, AttrLabel: kindString, AttrRemoteID: kindString,
 	AttrErrorCode: kindU16, AttrErrorText: kindString, AttrMaxVersion: kindU8,
+	AttrRequire: kindU8, AttrPeerID: kindString, AttrGranted: kindU8, AttrPin: kindU8, AttrPinIface: kindString,
 	AttrSubscription: kindU64, AttrEventKind: kindU8, AttrPeerAddr: kindAddr, AttrPeerPort: kindU16,
 	AttrLocalAddr: kindAddr,
 }

@@ -140,6 +140,10 @@ func FuzzDecode(f *testing.F) {
 	from, _ := NewBuilder(TypePTokenQueryFrom, 4).Addr(AttrPeerAddr, netip.MustParseAddr("2001:db8::1")).U16(AttrPeerPort, 53).Addr(AttrLocalAddr, netip.MustParseAddr("192.0.2.1")).Bytes()
 	f.Add(from)
 	f.Add(frame(TypePTokenQueryFrom, Version, 0, attr(AttrPeerAddr, make([]byte, 5))))
+	protect, _ := NewBuilder(TypeProtect, 4).U8(AttrRequire, uint8(LevelEncryption)).String(AttrPeerID, "@peer").Bytes()
+	f.Add(protect)
+	grant, _ := NewBuilder(TypeProtectReply, 4).U64(AttrPToken, 1).U8(AttrGranted, uint8(LevelBTNS)).U8(AttrPin, uint8(PinDevice)).String(AttrPinIface, "ipsec0").Bytes()
+	f.Add(grant)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := Decode(in)
 		if err != nil {
@@ -182,5 +186,22 @@ func TestAddrAttribute(t *testing.T) {
 	}
 	if _, ok := m.Addr(AttrLocalAddr); ok {
 		t.Error("an invalid address was sent")
+	}
+}
+
+func TestParseLevel(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Level
+		err  bool
+	}{
+		{"encryption", LevelEncryption, false}, {"INTEGRITY", LevelIntegrity, false}, {"btns", LevelBTNS, false},
+		{"Clear", LevelClear, false}, {"none", LevelNone, true}, {"", LevelNone, true}, {"max", LevelNone, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseLevel(tt.in)
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("ParseLevel(%q) = %s, %v", tt.in, got, err)
+		}
 	}
 }

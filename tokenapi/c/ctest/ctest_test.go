@@ -175,6 +175,28 @@ func goRun(t *testing.T, sock string, files []*os.File, ops []string) string {
 				ptLines(&w, pt)
 				lastPT, lastIT = pt.Handle, pt.IToken
 			}
+		case strings.HasPrefix(op, "p:"):
+			parts := strings.SplitN(op, ":", 4)
+			fd, _ := strconv.Atoi(parts[1])
+			level, _ := strconv.Atoi(parts[2])
+			req := client.Request{Level: wire.Level(level)}
+			if len(parts) == 4 {
+				req.PeerID = parts[3]
+			}
+			if fd-3 < 0 || fd-3 >= len(files) {
+				t.Fatalf("op %q: no such descriptor", op)
+			}
+			var g client.Grant
+			if g, err = c.Protect(ctx, files[fd-3], req); err == nil {
+				why, whyText := wire.ReasonNone, ""
+				if g.Refused() {
+					why, whyText = g.PToken.Why, g.PToken.WhyText
+				}
+				fmt.Fprintf(&w, "g.granted=%s\ng.why=%s\ng.why_text=%s\ng.pin=%s\ng.pin_iface=%s\ng.peer_id=%s\n",
+					g.Granted, why, esc(whyText), g.Pin, esc(g.Iface), esc(g.PeerID))
+				ptLines(&w, g.PToken)
+				lastPT, lastIT = g.PToken.Handle, g.PToken.IToken
+			}
 		case strings.HasPrefix(op, "get"):
 			var pt client.PToken
 			if pt, err = c.Get(ctx, client.PTokenHandle(num(op, uint64(lastPT)))); err == nil {
@@ -306,8 +328,24 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{facts: tokenapitest.NewPortFacts()}
 	e.lns = tokenapitest.Listeners(t, e.facts, scenes)
-	_, e.sock = tokenapitest.Serve(t, tokenapi.Config{UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts)
+	_, e.sock = tokenapitest.ServeProtect(t, tokenapi.Config{UntrustedCiphers: []string{"3DES_CBC"}, MaxPTokens: 8}, e.facts, loopProtector{})
 	return e
+}
+
+// loopProtector answers PROTECT as the userspace datapath with lo standing
+// in for the TUN device; CLEAR is refused (a configured tunnel wins).
+type loopProtector struct{}
+
+func (loopProtector) PinTarget(context.Context) (tokenapi.PinTarget, error) {
+	return tokenapi.PinTarget{Datapath: "userspace", Device: "lo"}, nil
+}
+
+func (loopProtector) Protect(_ context.Context, r tokenapi.ProtectRequest) (tokenapi.ProtectOutcome, error) {
+	var out tokenapi.ProtectOutcome
+	if r.Level == wire.LevelClear {
+		out.Why, out.WhyText = wire.ReasonPolicyWins, "configured tunnel \"moon\" covers the flow"
+	}
+	return out, nil
 }
 
 // file returns a descriptor of the client side of a TCP connection to the
@@ -409,6 +447,25 @@ func TestSameAsGoClient(t *testing.T) {
 		{"listening", func() []*os.File { return []*os.File{listenFile()} }, []string{"q:3"}, []string{"err=NOT_CONNECTED"}},
 		{"unknown-handles", nil, []string{"get:99", "rel:99", "it:12345", "it:0"}, []string{"err=UNKNOWN_HANDLE"}},
 		{"limit", func() []*os.File { return []*os.File{e.file(t, "gcm")} }, nine, []string{"pt.handle=8", "err=LIMIT"}},
+		{"protect-granted", func() []*os.File { return []*os.File{e.file(t, "gcm")} },
+			[]string{"p:3:1:192.0.2.2", "get", "it"},
+			[]string{"g.granted=ENCRYPTION", "g.why=NONE", "g.pin=DEVICE", "g.pin_iface=lo", "g.peer_id=192.0.2.2", "pt.handle=1", "pt.privacy=true", "it.auth=DNSSEC"}},
+		{"protect-peer-mismatch", func() []*os.File { return []*os.File{e.file(t, "pkix")} },
+			[]string{"p:3:3:@sun.example"},
+			[]string{"g.granted=NONE", "g.why=PEER_MISMATCH", "g.why_text=the SA's authenticated peer is 'CN=moon, O=Lab', not '@sun.example'", "g.pin=DEVICE", "g.peer_id=CN=moon, O=Lab"}},
+		{"protect-insufficient", func() []*os.File { return []*os.File{e.file(t, "null")} },
+			[]string{"p:3:1", "p:3:2"},
+			[]string{"g.why=INSUFFICIENT", "g.granted=INTEGRITY"}},
+		{"protect-no-sa", func() []*os.File { return []*os.File{e.file(t, "clear")} },
+			[]string{"p:3:3"},
+			[]string{"g.granted=NONE", "g.why=NO_SA", "pt.why=NO_SA", "pt.itoken=0", "g.pin=DEVICE"}},
+		{"protect-clear-refused", func() []*os.File { return []*os.File{e.file(t, "clear")} },
+			[]string{"p:3:4"},
+			[]string{"g.granted=NONE", "g.why=POLICY_WINS", `g.why_text=configured tunnel "moon" covers the flow`, "pt.why=POLICY_WINS"}},
+		{"protect-bad-level", func() []*os.File { return []*os.File{e.file(t, "gcm")} },
+			[]string{"p:3:0", "p:3:9"},
+			[]string{"err=BAD_LEVEL"}},
+		{"protect-not-socket", func() []*os.File { return []*os.File{pipeR} }, []string{"p:3:1"}, []string{"err=NOT_SOCKET"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
