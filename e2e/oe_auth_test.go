@@ -174,3 +174,48 @@ args = ["--server", "192.0.2.53:53", "--zone", "keys.example.test."]
 		t.Errorf("ICMP went out in clear:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// TestOEStaticPSK: no DNS records at all; both hosts hold a pre-shared key
+// for each other in their static keys directory. The tunnel comes up with
+// PSK authentication at both ends, the secret bound to the two identities.
+func TestOEStaticPSK(t *testing.T) {
+	l := startLab(t, lab.Options{Charon: []string{lab.HostA, lab.HostB}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
+	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
+	psk := base64.StdEncoding.EncodeToString([]byte("obol-lab-psk-0123456789abcdef"))
+	auth := func(n *lab.Node, peer string) string {
+		t.Helper()
+		dir := filepath.Join(n.Dir, "keys")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, peer), []byte("psk "+psk+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("[auth]\nmethods = [\"static\"]\n[auth.static]\ndir = %q\n", dir)
+	}
+	oa := startObold(t, ha, oeHost("192.0.2.11", "", "192.0.2.12", ka)+auth(ha, "192.0.2.12"))
+	ob := startObold(t, hb, oeHost("192.0.2.12", "", "192.0.2.11", kb)+auth(hb, "192.0.2.11"))
+	clear := wire(t, l, "icmp and host 192.0.2.11 and host 192.0.2.12")
+	tu := reachOE(t, ctx, ha, oa, "192.0.2.12")
+	if tu.Method != "PRESHAREDKEY" || tu.KeySource != "static" {
+		t.Errorf("initiator's tunnel: %+v", tu)
+	}
+	if rt := waitOE(t, ob, "192.0.2.11", oe.StateUp, 5*time.Second); rt.Method != "PRESHAREDKEY" {
+		t.Errorf("responder's tunnel: %+v", rt)
+	}
+	for _, c := range []struct {
+		n    *lab.Node
+		peer string
+	}{{ha, "192.0.2.12"}, {hb, "192.0.2.11"}} {
+		log, err := os.ReadFile(filepath.Join(c.n.Dir, "charon.log"))
+		if err != nil || !strings.Contains(string(log), "authentication of '"+c.peer+"' with pre-shared key successful") {
+			t.Errorf("%s's charon did not authenticate %s with the pre-shared key (%v)", c.n.Name, c.peer, err)
+		}
+	}
+	if lines := stopCapture(t, clear); len(lines) > 0 {
+		t.Errorf("ICMP went out in clear:\n%s", strings.Join(lines, "\n"))
+	}
+}

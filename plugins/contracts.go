@@ -58,6 +58,14 @@ type Gateway struct {
 	// Source is the record it came from: "TXT", "KEY", "IPSECKEY", or several
 	// joined with "+" ("IPSECKEY+TXT") when records of different types name it.
 	Source string
+	// PSK, set by an AuthMethod instead of Keys, is a pre-shared key for
+	// this gateway: both ends authenticate with it. It is a secret: never
+	// logged, listed or shown (json "-").
+	PSK []byte `json:"-"`
+	// CACerts (DER), set by an AuthMethod instead of Keys, are the CAs the
+	// gateway's certificate must chain to; it proves its identity with that
+	// certificate (we still prove ours with our key).
+	CACerts [][]byte `json:"-"`
 }
 
 // PublicKey is a raw public key as published in DNS.

@@ -2,6 +2,7 @@ package plugins
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -81,6 +82,10 @@ func lookupReplyTo(ans LookupAnswer, err error) *pluginpb.LookupReply {
 		for _, k := range gw.Keys {
 			g.Keys = append(g.Keys, &pluginpb.PublicKey{Algorithm: k.Algorithm, Data: k.Data})
 		}
+		for _, a := range gw.Addrs {
+			g.Addrs = append(g.Addrs, a.String())
+		}
+		g.Psk, g.CaCerts = gw.PSK, gw.CACerts
 		rep.Gateways = append(rep.Gateways, g)
 	}
 	return rep
@@ -154,6 +159,20 @@ func lookupAnswerFrom(rep *pluginpb.LookupReply) (LookupAnswer, error) {
 		if !gw.Addr.IsValid() && gw.FQDN == "" {
 			return LookupAnswer{}, fmt.Errorf("gateway %d: neither addr nor fqdn", i)
 		}
+		if len(g.GetAddrs()) > maxGateways {
+			return LookupAnswer{}, fmt.Errorf("gateway %d: %d addresses, more than %d", i, len(g.GetAddrs()), maxGateways)
+		}
+		for _, a := range g.GetAddrs() {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return LookupAnswer{}, fmt.Errorf("gateway %d: addrs: %q: %w", i, a, err)
+			}
+			gw.Addrs = append(gw.Addrs, addr)
+		}
+		if err := checkCredentials(g.GetPsk(), g.GetCaCerts()); err != nil {
+			return LookupAnswer{}, fmt.Errorf("gateway %d: %w", i, err)
+		}
+		gw.PSK, gw.CACerts = g.GetPsk(), g.GetCaCerts()
 		if len(g.GetKeys()) > maxKeys {
 			return LookupAnswer{}, fmt.Errorf("gateway %d: %d keys, more than %d", i, len(g.GetKeys()), maxKeys)
 		}
@@ -171,4 +190,32 @@ func lookupAnswerFrom(rep *pluginpb.LookupReply) (LookupAnswer, error) {
 		ans.Gateways = append(ans.Gateways, gw)
 	}
 	return ans, nil
+}
+
+// Bounds on what an auth method may hand obold besides keys.
+const (
+	minPSK     = 16 // charon takes shorter ones; obol does not
+	maxPSK     = 256
+	maxCACerts = 8
+)
+
+// checkCredentials checks a gateway's PSK and CA certificates: a PSK
+// strong enough to be one, certificates that parse and are CAs.
+func checkCredentials(psk []byte, cas [][]byte) error {
+	if len(psk) > 0 && (len(psk) < minPSK || len(psk) > maxPSK) {
+		return fmt.Errorf("psk of %d bytes; want %d to %d", len(psk), minPSK, maxPSK)
+	}
+	if len(cas) > maxCACerts {
+		return fmt.Errorf("%d CA certificates, more than %d", len(cas), maxCACerts)
+	}
+	for j, der := range cas {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("ca_certs[%d]: %w", j, err)
+		}
+		if !c.IsCA {
+			return fmt.Errorf("ca_certs[%d] (%s) is not a CA certificate", j, c.Subject)
+		}
+	}
+	return nil
 }

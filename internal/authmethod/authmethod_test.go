@@ -2,9 +2,16 @@ package authmethod
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -150,6 +157,11 @@ func TestParseKeyFile(t *testing.T) {
 		{"ed25519 AAAA", "1: ed25519 key:"},
 		{"rsa AAAA", "1: rsa key:"},
 		{"dsa " + k, "1: unknown keyword \"dsa\""},
+		{"psk " + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), ""},
+		{"psk " + base64.StdEncoding.EncodeToString([]byte("short")), "1: psk of 5 bytes"},
+		{"psk " + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")) + "\ned25519 " + k, "0: keys, psk and ca are alternatives"},
+		{"ca corp.pem", ""},
+		{"ca ../../etc/ca.pem", "1: ca \"../../etc/ca.pem\": name a file"},
 	}
 	for _, tc := range tests {
 		_, err := ParseKeyFile([]byte(tc.in))
@@ -220,8 +232,8 @@ func FuzzParseKeyFile(f *testing.F) {
 	f.Add([]byte("rsa AwEAAQ==\n# c\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		gw, err := ParseKeyFile(b)
-		if err == nil && len(gw.Keys) == 0 {
-			t.Fatal("a key file without keys was accepted")
+		if err == nil && len(gw.Keys)+len(gw.PSK)+len(gw.CACerts) == 0 {
+			t.Fatal("a key file without credentials was accepted")
 		}
 	})
 }
@@ -239,4 +251,31 @@ func FuzzParsePins(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestStaticDirPSKAndCA(t *testing.T) {
+	dir := t.TempDir()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "corp CA"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "corp.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(filepath.Join(dir, "192.0.2.14"), []byte("psk "+base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123"))+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "192.0.2.15"), []byte("ca corp.pem\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "192.0.2.16"), []byte("ca missing.pem\n"), 0o644)
+	s := StaticDir{Dir: dir}
+	ans, err := s.Credentials(context.Background(), q("192.0.2.14"))
+	if err != nil || len(ans.Gateways) != 1 || string(ans.Gateways[0].PSK) != "0123456789abcdef0123" || ans.Method != plugins.MethodPresharedKey {
+		t.Errorf("psk: %+v, %v", ans, err)
+	}
+	ans, err = s.Credentials(context.Background(), q("192.0.2.15"))
+	if err != nil || len(ans.Gateways) != 1 || len(ans.Gateways[0].CACerts) != 1 || string(ans.Gateways[0].CACerts[0]) != string(der) || ans.Method != "" {
+		t.Errorf("ca: %+v, %v", ans, err)
+	}
+	if _, err := s.Credentials(context.Background(), q("192.0.2.16")); err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Errorf("missing CA file: %v", err)
+	}
 }

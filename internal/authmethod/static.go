@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -26,8 +28,15 @@ import (
 //	ed25519 BASE64              (32 raw bytes)
 //	rsa BASE64                  (RFC 3110 form, as in DNS)
 //
-// Keys from it are worth PRESHAREDKEY: provided out of band for this one
-// peer. Files are read on each question, so edits apply at once.
+// or, instead of keys, a pre-shared key both ends hold, or the CA whose
+// certificate the peer proves its identity with:
+//
+//	psk BASE64                  (16 to 256 bytes)
+//	ca corp-ca.pem              (PEM; a path relative to the directory)
+//
+// Credentials from it are worth PRESHAREDKEY: provided out of band for this
+// one peer (a CA is worth what charon's log then says: PKIX). Files are
+// read on each question, so edits apply at once.
 type StaticDir struct{ Dir string }
 
 // Credentials implements plugins.AuthMethod.
@@ -51,6 +60,13 @@ func (s StaticDir) Credentials(_ context.Context, q plugins.LookupQuery) (plugin
 	if err != nil {
 		return plugins.LookupAnswer{Name: path}, fmt.Errorf("static keys: %s:%w", path, err)
 	}
+	for i, ca := range gw.CACerts { // ParseKeyFile leaves the file's name
+		der, err := readCA(filepath.Join(s.Dir, string(ca)))
+		if err != nil {
+			return plugins.LookupAnswer{Name: path}, fmt.Errorf("static keys: %s: %w", path, err)
+		}
+		gw.CACerts[i] = der
+	}
 	if !gw.Addr.IsValid() && gw.FQDN == "" {
 		if q.Addr.IsValid() {
 			gw.Addr = q.Addr.Unmap()
@@ -58,7 +74,31 @@ func (s StaticDir) Credentials(_ context.Context, q plugins.LookupQuery) (plugin
 			gw.FQDN = name
 		}
 	}
-	return plugins.LookupAnswer{Name: path, Gateways: []plugins.Gateway{gw}, Method: plugins.MethodPresharedKey}, nil
+	method := plugins.MethodPresharedKey
+	if len(gw.CACerts) > 0 {
+		method = "" // the certificate's trust is charon's PKIX verdict
+	}
+	return plugins.LookupAnswer{Name: path, Gateways: []plugins.Gateway{gw}, Method: method}, nil
+}
+
+// readCA reads one PEM CA certificate.
+func readCA(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("ca %s: no PEM CERTIFICATE in it", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("ca %s: %w", path, err)
+	}
+	if !c.IsCA {
+		return nil, fmt.Errorf("ca %s (%s) is not a CA certificate", path, c.Subject)
+	}
+	return blk.Bytes, nil
 }
 
 // maxKeyFile bounds a key file: a few keys, not a database.
@@ -98,6 +138,23 @@ func ParseKeyFile(b []byte) (plugins.Gateway, error) {
 				return gw, fmt.Errorf("%d: gateway %q is neither an address nor @FQDN", n, f[1])
 			}
 			gw.Addr = a.Unmap()
+		case "psk":
+			if len(gw.PSK) > 0 {
+				return gw, fmt.Errorf("%d: a second psk line; one peer has one pre-shared key", n)
+			}
+			data, err := base64.StdEncoding.DecodeString(f[1])
+			if err != nil {
+				return gw, fmt.Errorf("%d: psk: not base64: %w", n, err)
+			}
+			if len(data) < 16 || len(data) > 256 {
+				return gw, fmt.Errorf("%d: psk of %d bytes; write 16 to 256 random bytes in base64 (e.g. openssl rand -base64 32)", n, len(data))
+			}
+			gw.PSK = data
+		case "ca":
+			if strings.Contains(f[1], "..") {
+				return gw, fmt.Errorf("%d: ca %q: name a file in the keys directory", n, f[1])
+			}
+			gw.CACerts = append(gw.CACerts, []byte(f[1])) // read by Credentials
 		case "ed25519", "rsa":
 			data, err := base64.StdEncoding.DecodeString(f[1])
 			if err != nil {
@@ -109,14 +166,23 @@ func ParseKeyFile(b []byte) (plugins.Gateway, error) {
 			}
 			gw.Keys = append(gw.Keys, k)
 		default:
-			return gw, fmt.Errorf("%d: unknown keyword %q; write gateway, ed25519 or rsa", n, f[0])
+			return gw, fmt.Errorf("%d: unknown keyword %q; write gateway, ed25519, rsa, psk or ca", n, f[0])
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return gw, fmt.Errorf("%d: %w", n+1, err)
 	}
-	if len(gw.Keys) == 0 {
-		return gw, errors.New("0: no key; write a line \"ed25519 BASE64\" or \"rsa BASE64\"")
+	kinds := 0
+	for _, has := range []bool{len(gw.Keys) > 0, len(gw.PSK) > 0, len(gw.CACerts) > 0} {
+		if has {
+			kinds++
+		}
+	}
+	switch {
+	case kinds == 0:
+		return gw, errors.New("0: no key; write a line \"ed25519 BASE64\", \"rsa BASE64\", \"psk BASE64\" or \"ca FILE\"")
+	case kinds > 1:
+		return gw, errors.New("0: keys, psk and ca are alternatives; keep one kind per peer")
 	}
 	return gw, nil
 }

@@ -217,6 +217,9 @@ func (h *tokenHost) build(ctx context.Context) ([]tokenapi.TokenSA, error) {
 				ev.SecretOwners = lc.pskPeers
 			}
 			h.d.mu.Unlock()
+			if isOE {
+				ev.SecretOwners = 1 // OE loads an auth method's PSK bound to the two ids only
+			}
 		}
 		peer := tokenapi.Peer{RemoteID: sa.RemoteID, RemoteEAPID: sa.RemoteEAPID, RemoteXAuthID: sa.RemoteXAuthID, Evidence: ev,
 			PeerKey: peerKey.key, OurKey: ourKey.key, KeyNote: keyNote(peerKey, ourKey)}

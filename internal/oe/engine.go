@@ -36,6 +36,10 @@ type Charon interface {
 	// ListConns lists charon's conns: OE keeps away from those obold does
 	// not own (name "" lists all).
 	ListConns(ctx context.Context, name string) ([]vici.ConnInfo, error)
+	// LoadShared and UnloadShared carry the pre-shared keys an auth
+	// method gives for a peer (obold's own ids: the OE conn's name).
+	LoadShared(ctx context.Context, s vici.Shared) error
+	UnloadShared(ctx context.Context, id string) error
 }
 
 // Kernel installs obold's XFRM policies (*xfrm.Installer satisfies it).
@@ -590,7 +594,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		e.mu.Unlock()
 		conn, err := e.peerConn(t.Conn, gw, pair)
 		if err == nil {
-			err = e.p.Charon.LoadConn(ctx, conn)
+			err = e.loadConn(ctx, conn, gw)
 		}
 		if err == nil {
 			// A responder learns our key only when our IKE_SA_INIT reaches
@@ -623,7 +627,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			err = errors.New("the peer closed the CHILD_SA as soon as it was up (it may refuse this client: see its obolctl oe list)")
 		}
 		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
-		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
+		_ = e.unloadConn(context.WithoutCancel(ctx), t.Conn)
 	}
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
 }
@@ -686,22 +690,36 @@ func (e *Engine) initiateOne(ctx context.Context, conn string) error {
 // peerConn is the per-peer conn: our key and identity, the gateway's DNS
 // keys bound to its address, the host pair as traffic selectors.
 func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici.Conn, error) {
-	remote := vici.Auth{Auth: "pubkey", ID: peerID(gw)}
-	for _, k := range gw.Keys {
-		pem, err := resolver.PEM(k)
-		if err != nil {
-			return vici.Conn{}, fmt.Errorf("key from DNS: %w", err)
-		}
-		remote.Pubkeys = append(remote.Pubkeys, pem)
-	}
-	if len(remote.Pubkeys) == 0 {
-		return vici.Conn{}, errors.New("DNS names the gateway but gives no key for it")
-	}
 	// IKE goes between addresses of the gateway's family; the tunnel's
 	// selectors (the pair) may be of the other one.
 	local := e.localFor(gw.Addr)
 	if !local.IsValid() {
 		return vici.Conn{}, fmt.Errorf("the gateway %s is IPv%d and this host has no IKE address of that family; add address6 to [oe]", gw.Addr, map[bool]int{true: 4, false: 6}[gw.Addr.Unmap().Is4()])
+	}
+	ours := vici.Auth{Auth: "pubkey", ID: e.idFor(local), Pubkeys: [][]byte{e.p.PubPEM}}
+	remote := vici.Auth{Auth: "pubkey", ID: peerID(gw)}
+	switch {
+	case len(gw.PSK) > 0:
+		// Both ends prove the one secret an auth method gave for this
+		// peer; loadConn loads it, bound to the two identities only.
+		ours, remote = vici.Auth{Auth: "psk", ID: ours.ID}, vici.Auth{Auth: "psk", ID: remote.ID}
+	case len(gw.CACerts) > 0:
+		// The gateway proves its identity with a certificate from these
+		// CAs; we still prove ours with our key.
+		for _, der := range gw.CACerts {
+			remote.CACerts = append(remote.CACerts, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+		}
+	default:
+		for _, k := range gw.Keys {
+			p, err := resolver.PEM(k)
+			if err != nil {
+				return vici.Conn{}, fmt.Errorf("key from DNS: %w", err)
+			}
+			remote.Pubkeys = append(remote.Pubkeys, p)
+		}
+		if len(remote.Pubkeys) == 0 {
+			return vici.Conn{}, errors.New("DNS names the gateway but gives no key for it")
+		}
 	}
 	no := false
 	return vici.Conn{
@@ -712,7 +730,7 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 		Mobike:      &no,
 		KeyingTries: 1,
 		Unique:      pairUnique,
-		Local:       []vici.Auth{{Auth: "pubkey", ID: e.idFor(local), Pubkeys: [][]byte{e.p.PubPEM}}},
+		Local:       []vici.Auth{ours},
 		Remote:      []vici.Auth{remote},
 		Children: []vici.Child{{
 			Name:     "oe",
@@ -722,6 +740,29 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 		}},
 	}, nil
 }
+
+// loadConn loads an OE conn, and first the pre-shared key gw carries, if
+// any, owned by the conn's two identities alone.
+func (e *Engine) loadConn(ctx context.Context, conn vici.Conn, gw plugins.Gateway) error {
+	if len(gw.PSK) > 0 {
+		owners := []string{conn.Local[0].ID, conn.Remote[0].ID}
+		if err := e.p.Charon.LoadShared(ctx, vici.Shared{ID: pskID(conn.Name), Type: "ike", Data: gw.PSK, Owners: owners}); err != nil {
+			return fmt.Errorf("load the pre-shared key: %w", err)
+		}
+	}
+	return e.p.Charon.LoadConn(ctx, conn)
+}
+
+// unloadConn unloads an OE conn and its pre-shared key (if it had one: an
+// unknown secret is no error worth reporting).
+func (e *Engine) unloadConn(ctx context.Context, name string) error {
+	err := e.p.Charon.UnloadConn(ctx, name)
+	_ = e.p.Charon.UnloadShared(ctx, pskID(name))
+	return err
+}
+
+// pskID names an OE conn's pre-shared key in charon.
+func pskID(conn string) string { return conn + "-psk" }
 
 // peerID is the IKE identity a gateway must prove: its FQDN when DNS gave
 // one (its key came from the FQDN's forward map), else its address.
@@ -1007,7 +1048,7 @@ func (e *Engine) respond(peer netip.Addr) {
 			// map must name the initiator's IKE address).
 			conn.Children[0].LocalTS = local
 			conn.Children[0].RemoteTS = remote
-			err = e.p.Charon.LoadConn(ctx, conn)
+			err = e.loadConn(ctx, conn, *gw)
 		}
 		e.mu.Lock()
 		t.Gateway, t.KeySource, t.DNSSEC, t.Method = gatewayName(*gw), gw.Source, ans.DNSSEC, ans.Method
@@ -1174,7 +1215,7 @@ func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
 		_ = e.p.Kernel.Remove(ctx, p)
 	}
 	e.removeShunt(ctx, t)
-	if err := e.p.Charon.UnloadConn(ctx, t.Conn); err != nil {
+	if err := e.unloadConn(ctx, t.Conn); err != nil {
 		e.log.Debug("unload OE conn", "conn", t.Conn, "err", err)
 	}
 	e.log.Info("OE tunnel closed", "pair", t.Pair, "conn", t.Conn)

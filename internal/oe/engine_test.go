@@ -27,6 +27,7 @@ import (
 type fakeCharon struct {
 	mu         sync.Mutex
 	conns      map[string]vici.Conn
+	shared     map[string]vici.Shared // pre-shared keys by id
 	initiated  []string
 	terminated []vici.SASelector
 	fail       map[string]error
@@ -62,6 +63,21 @@ func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.conns[c.Name] = c
+	return nil
+}
+func (f *fakeCharon) LoadShared(_ context.Context, sh vici.Shared) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.shared == nil {
+		f.shared = map[string]vici.Shared{}
+	}
+	f.shared[sh.ID] = sh
+	return nil
+}
+func (f *fakeCharon) UnloadShared(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.shared, id)
 	return nil
 }
 func (f *fakeCharon) UnloadConn(_ context.Context, n string) error {

@@ -85,6 +85,9 @@ type Gateway struct {
 	Fqdn          string                 `protobuf:"bytes,3,opt,name=fqdn,proto3" json:"fqdn,omitempty"`
 	Keys          []*PublicKey           `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
 	Source        string                 `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	Addrs         []string               `protobuf:"bytes,6,rep,name=addrs,proto3" json:"addrs,omitempty"`                    // an FQDN gateway's addresses
+	Psk           []byte                 `protobuf:"bytes,7,opt,name=psk,proto3" json:"psk,omitempty"`                        // AuthMethod: a pre-shared key (a secret)
+	CaCerts       [][]byte               `protobuf:"bytes,8,rep,name=ca_certs,json=caCerts,proto3" json:"ca_certs,omitempty"` // AuthMethod: DER CAs the gateway's certificate chains to
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +155,27 @@ func (x *Gateway) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *Gateway) GetAddrs() []string {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *Gateway) GetPsk() []byte {
+	if x != nil {
+		return x.Psk
+	}
+	return nil
+}
+
+func (x *Gateway) GetCaCerts() [][]byte {
+	if x != nil {
+		return x.CaCerts
+	}
+	return nil
 }
 
 type LookupRequest struct {
@@ -1009,7 +1033,7 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\x1dobol/plugins/v1/modules.proto\x12\x0fobol.plugins.v1\"=\n" +
 	"\tPublicKey\x12\x1c\n" +
 	"\talgorithm\x18\x01 \x01(\tR\talgorithm\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x99\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xdc\x01\n" +
 	"\aGateway\x12\x1e\n" +
 	"\n" +
 	"precedence\x18\x01 \x01(\x05R\n" +
@@ -1017,7 +1041,10 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04fqdn\x18\x03 \x01(\tR\x04fqdn\x12.\n" +
 	"\x04keys\x18\x04 \x03(\v2\x1a.obol.plugins.v1.PublicKeyR\x04keys\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"7\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\x14\n" +
+	"\x05addrs\x18\x06 \x03(\tR\x05addrs\x12\x10\n" +
+	"\x03psk\x18\a \x01(\fR\x03psk\x12\x19\n" +
+	"\bca_certs\x18\b \x03(\fR\acaCerts\"7\n" +
 	"\rLookupRequest\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04fqdn\x18\x02 \x01(\tR\x04fqdn\"\xea\x01\n" +
