@@ -66,8 +66,9 @@ const benchCharonConf = `	threads = 48
 // per size: p50-us and p99-us of a query, qps (both clients together), and
 // x-vici / x-swanctl (baseline median time / token median time), and
 // first-ms: the first query after the set grew, which waits for obold to
-// rebuild its SA snapshot with one list-sas. The
-// sub-benchmark "whynot" queries a flow no SA covers at 10,000 SAs.
+// rebuild its SA snapshot with one list-sas. The sub-benchmark "whynot"
+// queries a flow no SA covers at 10,000 SAs. The clients' TCP connections
+// are set up through the first SA (libipsec drops what no SA carries).
 func BenchmarkTokenQuery(b *testing.B) {
 	l := startLab(b, lab.Options{Charon: []string{lab.HostA, lab.HostB}, CharonConf: benchCharonConf})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
