@@ -95,8 +95,9 @@ demo: deps build
 	@[ "$$(id -u)" = 0 ] || { echo "make demo: needs root (network namespaces, charon)" >&2; exit 1; }
 	OBOL_BIN=$(CURDIR)/$(BIN) $(GO) run ./e2e/demo
 
+# bench: BenchmarkTokenQuery alone takes 3-5 minutes (10,000 real SAs).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
 
 FUZZTIME ?= 10s
 fuzz:

@@ -2,6 +2,7 @@ package tokenapi
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -19,6 +20,15 @@ func TestIndexFind(t *testing.T) {
 		hostSA("subnet", "10.1.0.0/24", "10.2.0.0/24"),
 		hostSA("older-host", "192.0.2.11/32", "192.0.2.12/32"),
 		hostSA("tcp-only", "192.0.2.11/32", "192.0.2.13/32[tcp/443]"),
+		// One peer, one SA per port: as the client sees them (remote port
+		// pinned) and as the server does (local port pinned).
+		hostSA("to-port-8001", "192.0.2.11/32", "192.0.2.14/32[tcp/8001]"),
+		hostSA("to-port-8000", "192.0.2.11/32", "192.0.2.14/32[tcp/8000]"),
+		hostSA("from-port-9001", "192.0.2.11/32[tcp/9001]", "192.0.2.15/32"),
+		hostSA("from-port-9000", "192.0.2.11/32[tcp/9000]", "192.0.2.15/32"),
+		// Older and wider than the per-port SAs: found when they miss.
+		hostSA("any-port", "192.0.2.11/32", "192.0.2.14/32[tcp]"),
+		hostSA("port-range", "192.0.2.11/32[tcp/9000-9999]", "192.0.2.15/32"),
 	}
 	ix := NewIndex(sas)
 	flow := func(l, r string, proto uint8) Flow {
@@ -34,6 +44,14 @@ func TestIndexFind(t *testing.T) {
 		{flow("192.0.2.11:40000", "192.0.2.13:80", 6), ""},
 		{flow("192.0.2.11:40000", "192.0.2.13:443", 17), ""},
 		{flow("192.0.2.99:40000", "192.0.2.12:22", 6), ""},
+		{flow("192.0.2.11:40000", "192.0.2.14:8000", 6), "to-port-8000"},
+		{flow("192.0.2.11:40000", "192.0.2.14:8001", 6), "to-port-8001"},
+		{flow("192.0.2.11:40000", "192.0.2.14:8002", 6), "any-port"},
+		{flow("192.0.2.11:40000", "192.0.2.14:8000", 17), ""},
+		{flow("192.0.2.11:9000", "192.0.2.15:50000", 6), "from-port-9000"},
+		{flow("192.0.2.11:9001", "192.0.2.15:50000", 6), "from-port-9001"},
+		{flow("192.0.2.11:9002", "192.0.2.15:50000", 6), "port-range"},
+		{flow("192.0.2.11:9000", "192.0.2.16:50000", 6), ""},
 	}
 	for _, tt := range tests {
 		sa, ok := ix.Find(tt.f)
@@ -43,22 +61,97 @@ func TestIndexFind(t *testing.T) {
 	}
 }
 
-// BenchmarkIndexFind: the lookup stays flat from 10 to 10,000 host SAs.
-func BenchmarkIndexFind(b *testing.B) {
-	for _, n := range []int{10, 100, 1000, 10000} {
-		b.Run(fmt.Sprintf("sas=%d", n), func(b *testing.B) {
-			sas := make([]TokenSA, n)
-			for i := range sas {
-				sas[i] = hostSA("oe", "192.0.2.1/32", netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String()+"/32")
+// TestIndexFindMatchesScan: on random SAs (hosts, ports, ranges, subnets,
+// several selectors each) the index answers what a scan of every SA in
+// order answers.
+func TestIndexFindMatchesScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	addr := func() netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(4))}) }
+	ts := func() TS {
+		a := addr()
+		t := TS{From: a, To: a, ToPort: 0xFFFF}
+		switch rng.IntN(6) {
+		case 0: // subnet
+			t.From, t.To = netip.AddrFrom4([4]byte{10, 0, 0, 0}), netip.AddrFrom4([4]byte{10, 0, 0, 3})
+		case 1, 2: // one port
+			t.Proto = []uint8{6, 17}[rng.IntN(2)]
+			t.FromPort = uint16(1 + rng.IntN(4))
+			t.ToPort = t.FromPort
+		case 3: // port range
+			t.Proto = 6
+			t.FromPort, t.ToPort = 1, uint16(1+rng.IntN(4))
+		case 4: // protocol only
+			t.Proto = 6
+		}
+		return t
+	}
+	list := func() []TS {
+		out := make([]TS, 1+rng.IntN(2))
+		for i := range out {
+			out[i] = ts()
+		}
+		return out
+	}
+	for round := range 200 {
+		sas := make([]TokenSA, 1+rng.IntN(20))
+		for i := range sas {
+			sas[i] = TokenSA{Child: Child{Name: fmt.Sprint(i)}, LocalTS: list(), RemoteTS: list()}
+		}
+		ix := NewIndex(sas)
+		for range 50 {
+			f := Flow{
+				Local:    netip.AddrPortFrom(addr(), uint16(1+rng.IntN(5))),
+				Remote:   netip.AddrPortFrom(addr(), uint16(1+rng.IntN(5))),
+				Protocol: []uint8{6, 17}[rng.IntN(2)],
 			}
-			ix := NewIndex(sas)
-			f := Flow{Local: netip.MustParseAddrPort("192.0.2.1:40000"), Remote: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte((n - 1) >> 8), byte(n - 1)}), 443), Protocol: 6}
-			for b.Loop() {
-				if _, ok := ix.Find(f); !ok {
-					b.Fatal("not found")
+			want := ""
+			for _, sa := range sas {
+				if coveredBy(sa.LocalTS, f.Local, f.Protocol) && coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
+					want = sa.Child.Name
+					break
 				}
 			}
-		})
+			sa, ok := ix.Find(f)
+			if got := sa.Child.Name; ok != (want != "") || got != want {
+				t.Fatalf("round %d: Find(%v) = %q, %v; a scan finds %q\nSAs: %+v", round, f, got, ok, want, sas)
+			}
+		}
+	}
+}
+
+// BenchmarkIndexFind: the lookup stays flat from 10 to 10,000 SAs, whether
+// each SA goes to its own host (OE), or all go to one host and differ by
+// the port, as a client (remote port) or a server (local port) sees them.
+// The flow asked about is the oldest SA's (last in newest-first order).
+func BenchmarkIndexFind(b *testing.B) {
+	for _, shape := range []string{"hosts", "remote-ports", "local-ports"} {
+		for _, n := range []int{10, 10000} {
+			b.Run(fmt.Sprintf("%s/sas=%d", shape, n), func(b *testing.B) {
+				sas := make([]TokenSA, n)
+				for i := range sas {
+					switch shape {
+					case "hosts":
+						sas[i] = hostSA("oe", "192.0.2.1/32", netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}).String()+"/32")
+					case "remote-ports":
+						sas[i] = hostSA("svc", "192.0.2.1/32", fmt.Sprintf("192.0.2.2/32[tcp/%d]", 10000+i))
+					case "local-ports":
+						sas[i] = hostSA("svc", fmt.Sprintf("192.0.2.1/32[tcp/%d]", 10000+i), "192.0.2.2/32")
+					}
+				}
+				last := uint16(10000 + n - 1)
+				f := map[string]Flow{
+					"hosts":        {Local: netip.MustParseAddrPort("192.0.2.1:40000"), Remote: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte((n - 1) >> 8), byte(n - 1)}), 443), Protocol: 6},
+					"remote-ports": {Local: netip.MustParseAddrPort("192.0.2.1:40000"), Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), last), Protocol: 6},
+					"local-ports":  {Local: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), last), Remote: netip.MustParseAddrPort("192.0.2.2:40000"), Protocol: 6},
+				}[shape]
+				ix := NewIndex(sas)
+				for b.Loop() {
+					if _, ok := ix.Find(f); !ok {
+						b.Fatal("not found")
+					}
+				}
+			})
+		}
 	}
 }
 

@@ -25,63 +25,60 @@ func refuse(code wire.ErrorCode, format string, a ...any) *reqError {
 }
 
 // InspectFD reads the flow of a connected AF_INET/AF_INET6 socket: its
-// addresses and transport protocol. It only reads (fstat, getsockopt,
-// getsockname, getpeername) and does not close fd.
+// addresses and transport protocol. It only reads (getsockopt,
+// getsockname, getpeername) and does not close fd. It is on every query's
+// path: the usual socket costs three system calls, and the rarer checks
+// (socket type, listening) run only when those leave a doubt.
 func InspectFD(fd int) (Flow, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor cannot be examined (%v); pass a socket", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor is not a socket; pass the TCP/UDP/SCTP socket whose flow you ask about")
-	}
-	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	if err != nil {
-		return Flow{}, refuse(wire.ErrCodeNotSocket, "SO_DOMAIN: %v", err)
-	}
-	if domain != unix.AF_INET && domain != unix.AF_INET6 {
-		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket is not an IPv4/IPv6 socket (family %d); only IP flows can be IPsec-protected", domain)
-	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return Flow{}, refuse(wire.ErrCodeNotSocket, "SO_TYPE: %v", err)
-	}
 	proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
-	if err != nil {
-		return Flow{}, refuse(wire.ErrCodeNotSocket, "SO_PROTOCOL: %v", err)
-	}
 	switch {
-	case proto == unix.IPPROTO_MPTCP:
-		// Multipath TCP (Go listeners use it by default): its subflows are
-		// TCP on the wire. The flow is the initial subflow's addresses;
-		// further subflows on other addresses are not covered.
-		proto = unix.IPPROTO_TCP
-	case proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_UDP || proto == unix.IPPROTO_SCTP:
-	case proto == 0 && typ == unix.SOCK_STREAM:
-		proto = unix.IPPROTO_TCP
-	case proto == 0 && typ == unix.SOCK_DGRAM:
-		proto = unix.IPPROTO_UDP
-	default:
-		return Flow{}, refuse(wire.ErrCodeUnsupportedProto, "socket type %d protocol %d is not TCP, UDP or SCTP", typ, proto)
-	}
-	if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening != 0 {
-		return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket is listening; pass the connected socket accept() returned")
+	case errors.Is(err, unix.ENOTSOCK):
+		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor is not a socket; pass the TCP/UDP/SCTP socket whose flow you ask about")
+	case err != nil:
+		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor cannot be examined (%v); pass a socket", err)
 	}
 	ls, err := unix.Getsockname(fd)
 	if err != nil {
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "getsockname: %v", err)
 	}
+	local, ok := sockaddrAP(ls)
+	if !ok {
+		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket is not an IPv4/IPv6 socket (%T); only IP flows can be IPsec-protected", ls)
+	}
+	switch proto {
+	case unix.IPPROTO_MPTCP:
+		// Multipath TCP (Go listeners use it by default): its subflows are
+		// TCP on the wire. The flow is the initial subflow's addresses;
+		// further subflows on other addresses are not covered.
+		proto = unix.IPPROTO_TCP
+	case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP:
+	default:
+		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil {
+			return Flow{}, refuse(wire.ErrCodeNotSocket, "SO_TYPE: %v", err)
+		}
+		switch {
+		case proto == 0 && typ == unix.SOCK_STREAM:
+			proto = unix.IPPROTO_TCP
+		case proto == 0 && typ == unix.SOCK_DGRAM:
+			proto = unix.IPPROTO_UDP
+		default:
+			return Flow{}, refuse(wire.ErrCodeUnsupportedProto, "socket type %d protocol %d is not TCP, UDP or SCTP", typ, proto)
+		}
+	}
 	rs, err := unix.Getpeername(fd)
 	if errors.Is(err, unix.ENOTCONN) {
+		if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening != 0 {
+			return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket is listening; pass the connected socket accept() returned")
+		}
 		return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket has no peer; connect() it first (for an unconnected UDP socket, ask per datagram with PTOKEN_QUERY_FROM)")
 	}
 	if err != nil {
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "getpeername: %v", err)
 	}
-	local, ok1 := sockaddrAP(ls)
-	remote, ok2 := sockaddrAP(rs)
-	if !ok1 || !ok2 {
-		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket's addresses are not IPv4/IPv6")
+	remote, ok := sockaddrAP(rs)
+	if !ok {
+		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket's peer address is not IPv4/IPv6")
 	}
 	f := Flow{Local: local, Remote: remote, Protocol: uint8(proto)}
 	if proto == unix.IPPROTO_TCP || proto == unix.IPPROTO_SCTP {
