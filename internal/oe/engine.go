@@ -148,6 +148,11 @@ type Engine struct {
 	ctx       context.Context
 	stopped   bool
 
+	// initKeys are the gateway keys pinned in each initiator conn (PEM),
+	// taken from a client's record: the conn's accepting child may carry
+	// another client only if its DNS vouches for these keys too.
+	initKeys map[string][]string
+
 	// cfgMu guards cfgSet, the cached conns obold does not own.
 	cfgMu  sync.Mutex
 	cfgSet configuredSet
@@ -174,7 +179,7 @@ func New(cfg Config, p Params) (*Engine, error) {
 	if p.Band == (xfrm.Band{}) {
 		p.Band = xfrm.DefaultBand
 	}
-	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}}
+	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{}, initKeys: map[string][]string{}}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -519,6 +524,9 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		e.mu.Unlock()
 		conn, err := e.peerConn(t.Conn, gw, pair)
 		if err == nil {
+			e.mu.Lock()
+			e.initKeys[t.Conn] = pemStrings(conn.Remote[0].Pubkeys)
+			e.mu.Unlock()
 			err = e.p.Charon.LoadConn(ctx, conn)
 		}
 		if err == nil {
@@ -556,6 +564,9 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		}
 		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
 		_ = e.p.Charon.UnloadConn(context.WithoutCancel(ctx), t.Conn)
+		e.mu.Lock()
+		delete(e.initKeys, t.Conn)
+		e.mu.Unlock()
 	}
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
 }
@@ -992,6 +1003,9 @@ func (e *Engine) checkAccepted(sa *vici.IKESA) {
 				continue
 			}
 			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost, sa.RemoteID)
+			if ok {
+				ok, why = e.keysVouched(ctx, sa, pfx.Addr())
+			}
 			if _, cwhy := e.configuredCollision(ctx, "", netip.Addr{}, pfx.Addr()); ok && cwhy != "" {
 				ok, why = false, "OE refused: "+cwhy
 			}
@@ -1056,6 +1070,59 @@ func childPair(ch vici.ChildSA) (xfrm.Pair, bool) {
 		return xfrm.Pair{}, false
 	}
 	return xfrm.Pair{Src: lp.Addr(), Dst: rp.Addr()}, true
+}
+
+// keysVouched: an IKE_SA of an initiator conn was authenticated with the
+// gateway keys one client's record gave; another client behind that
+// gateway is accepted in it only if each of those keys is vouched for by
+// the client's own record for the gateway or by the gateway's own DNS
+// (its reverse map, or the forward map of the FQDN it proved), the
+// sources a responder conn takes its keys from. Otherwise a record naming
+// a gateway with a false key would let that key speak for the gateway's
+// other clients.
+func (e *Engine) keysVouched(ctx context.Context, sa *vici.IKESA, client netip.Addr) (bool, string) {
+	e.mu.Lock()
+	pinned, ok := e.initKeys[sa.Name]
+	e.mu.Unlock()
+	if !ok {
+		return true, "" // a responder conn: keys from the gateway's own DNS
+	}
+	vouched := map[string]bool{}
+	proved := canonicalFQDN(sa.RemoteID)
+	add := func(ans plugins.LookupAnswer) {
+		for _, gw := range ans.Gateways {
+			match := gw.Addr.IsValid() && gw.Addr == sa.RemoteHost ||
+				gw.FQDN != "" && proved != "" && canonicalFQDN(gw.FQDN) == proved
+			if !match {
+				continue
+			}
+			for _, k := range gw.Keys {
+				if p, err := resolver.PEM(k); err == nil {
+					vouched[string(p)] = true
+				}
+			}
+		}
+	}
+	if ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: client}); err == nil {
+		add(ans)
+	}
+	if ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: sa.RemoteHost}); err == nil {
+		add(ans)
+	}
+	for _, k := range pinned {
+		if !vouched[k] {
+			return false, fmt.Sprintf("the IKE_SA with %s was authenticated with a key %s's record does not give for that gateway, nor does the gateway's own DNS", saGateway(sa), client)
+		}
+	}
+	return true, ""
+}
+
+func pemStrings(bs [][]byte) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = string(b)
+	}
+	return out
 }
 
 // delegates tells whether client's reverse map names the initiator as
