@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
-	"github.com/obol-ipsec/obol/internal/xfrm"
 )
 
 // TestInitiatorConnAccepts: an initiator conn carries the accepting child,
