@@ -1260,6 +1260,17 @@ func (e *Engine) down(sa *vici.IKESA, child bool) {
 			t.closed = true
 		}
 	}
+	if !child {
+		// The IKE_SA that an initiator conn's keys authenticated is gone;
+		// keep them while a pair still uses the conn or an SA under it.
+		used := false
+		for _, t := range e.tunnels {
+			used = used || t.Conn == conn || t.ike == conn
+		}
+		if !used {
+			delete(e.initKeys, conn)
+		}
+	}
 	e.mu.Unlock()
 	for _, t := range gone {
 		e.teardown(ctx, t, false)
@@ -1337,7 +1348,11 @@ func (e *Engine) Tick(ctx context.Context) {
 	now := e.p.Now()
 	e.mu.Lock()
 	var due []*Tunnel
-	for _, t := range e.tunnels {
+	for pair, t := range e.tunnels {
+		if t.State == StateFailed && t.shunt == nil && t.Role == "responder" && !t.gwLevel && !now.Before(t.LifespanEnd) {
+			delete(e.tunnels, pair) // a refused client's record: shown for a shunt lifetime
+			continue
+		}
 		if t.State == StateUp && !t.gwLevel && !now.Before(t.LifespanEnd) {
 			due = append(due, t)
 		}

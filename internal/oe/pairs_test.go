@@ -74,6 +74,14 @@ func TestInitiatorConnAccepts(t *testing.T) {
 			case !tt.accepted && (got == nil || got.State != StateFailed || got.Reason == ""):
 				t.Fatalf("refused pair %+v", got)
 			}
+			// A refused client's record goes after a shunt lifetime.
+			r.advance(16 * time.Minute)
+			r.e.Tick(context.Background())
+			for _, tu := range r.e.Tunnels() {
+				if tu.Pair == pair && tu.State == StateFailed {
+					t.Fatalf("refused client's record kept: %+v", tu)
+				}
+			}
 		})
 	}
 }
