@@ -274,13 +274,15 @@ func TestHostOEIPv6OverIPv4(t *testing.T) {
 	if sa == nil || sa.LocalID != lab.HostAAddr.String() || sa.RemoteID != lab.HostBAddr.String() {
 		t.Fatalf("hosta's SA %s: %+v", ti.Conn, sa)
 	}
+	// hostb lists the IPv6 pair it accepted, behind hosta's IPv4 IKE
+	// address.
 	var tr oe.Tunnel
 	for _, tu := range ob.oeList() {
-		if tu.Role == "responder" && tu.State == oe.StateUp {
+		if tu.Role == "responder" && tu.State == oe.StateUp && tu.Pair.Dst == a6 {
 			tr = tu
 		}
 	}
-	if tr.Pair.Dst != lab.HostAAddr || tr.Reason != "" {
+	if tr.Pair.Src != b6 || tr.Gateway != lab.HostAAddr.String() || tr.Reason != "" {
 		t.Errorf("hostb's responder tunnel: %+v (all: %+v)", tr, ob.oeList())
 	}
 	if out := run(t, hb, "ip", "-6", "xfrm", "policy", "list"); !strings.Contains(out, "src "+b6.String()+"/128 dst "+a6.String()+"/128") {

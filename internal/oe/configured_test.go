@@ -141,7 +141,7 @@ func TestResponderRefusesConfiguredPeer(t *testing.T) {
 	r.tunnel(t, "192.0.2.1", "192.0.2.7", StateNegotiating)
 	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.7", 10)}}
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-7", RemoteHost: netip.MustParseAddr("192.0.2.7"), RemoteID: "192.0.2.7",
-		Children: []vici.ChildSA{{UniqueID: 5, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 5, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
 	if len(r.ch.terminated) != 1 || r.ch.terminated[0].ChildID != 5 {
 		t.Fatalf("client of a configured conn not closed: %+v", r.ch.terminated)
 	}

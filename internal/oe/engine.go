@@ -96,6 +96,17 @@ type Tunnel struct {
 	// negotiated (the peer closed the CHILD_SA at once, e.g. refusing the
 	// client): up must not allow the pair's traffic past the trap.
 	closed bool
+	// ike is the IKE_SA (its peer config's name) that holds the pair's
+	// CHILD_SA: charon puts a pair's CHILD_SA into any IKE_SA between the
+	// two gateways whose peer config compares equal, so it may not be
+	// Conn. The CHILD_SA itself is found by its selectors (the pair).
+	ike string
+	// ownsConn: teardown unloads Conn (the conn this record loaded).
+	ownsConn bool
+	// gwLevel marks a responder's record of an initiating gateway (pair =
+	// the IKE addresses) that carries no CHILD_SA of its own: its clients'
+	// pairs have records of their own.
+	gwLevel bool
 }
 
 // Params are the engine's inputs besides its Config.
@@ -148,6 +159,11 @@ type Engine struct {
 	ctx     context.Context
 	stopped bool
 
+	// initKeys are the gateway keys pinned in each initiator conn (PEM),
+	// taken from a client's record: the conn's accepting child may carry
+	// another client only if its DNS vouches for these keys too.
+	initKeys map[string][]string
+
 	// cfgMu guards cfgSet, the cached conns obold does not own.
 	cfgMu  sync.Mutex
 	cfgSet configuredSet
@@ -181,7 +197,8 @@ func New(cfg Config, p Params) (*Engine, error) {
 		p.MaxInitiates = vici.DefaultMaxControlCalls
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
-		initiating: make(chan struct{}, p.MaxInitiates), changed: make(chan struct{})}
+		initiating: make(chan struct{}, p.MaxInitiates), changed: make(chan struct{}),
+		initKeys: map[string][]string{}}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -411,7 +428,7 @@ func (e *Engine) HandleAcquire(a xfrm.Acquire) {
 		e.mu.Unlock()
 		return
 	}
-	if _, busy := e.tunnels[pair]; busy {
+	if old, busy := e.tunnels[pair]; busy && !(old.Role == "responder" && old.State == StateFailed && old.shunt == nil) {
 		e.mu.Unlock()
 		return // one ACQUIRE per pair: ports of the first packet do not matter
 	}
@@ -438,7 +455,7 @@ func (e *Engine) startLocked(pair xfrm.Pair, dec policy.Decision) {
 		}
 		return
 	}
-	t := &Tunnel{Pair: pair, Role: "initiator", State: StateResolving, Group: dec.Group, Conn: e.ConnName("initiator", pair), Since: now}
+	t := &Tunnel{Pair: pair, Role: "initiator", State: StateResolving, Group: dec.Group, Conn: e.ConnName("initiator", pair), Since: now, ownsConn: true}
 	e.tunnels[pair] = t
 	if b, ok := e.backoff[pair.Dst]; ok && now.Before(b.until) {
 		e.mu.Unlock()
@@ -594,6 +611,9 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		e.mu.Unlock()
 		conn, err := e.peerConn(t.Conn, gw, pair)
 		if err == nil {
+			e.mu.Lock()
+			e.initKeys[t.Conn] = pemStrings(conn.Remote[0].Pubkeys)
+			e.mu.Unlock()
 			err = e.loadConn(ctx, conn, gw)
 		}
 		if err == nil {
@@ -621,6 +641,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
+			e.locate(ctx, t)
 			if e.up(ctx, t) {
 				return
 			}
@@ -628,8 +649,34 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		}
 		reasons = append(reasons, "gateway "+gw.Addr.String()+": "+err.Error())
 		_ = e.unloadConn(context.WithoutCancel(ctx), t.Conn)
+		e.mu.Lock()
+		delete(e.initKeys, t.Conn)
+		e.mu.Unlock()
 	}
 	e.fail(t, dec, strings.Join(reasons, "; "), true)
+}
+
+// locate finds the IKE_SA charon put the pair's CHILD_SA in: any IKE_SA
+// up between the two gateways whose peer config compares equal to the
+// pair's conn (and, on the other side, any OE conn's), not only t.Conn.
+func (e *Engine) locate(ctx context.Context, t *Tunnel) {
+	sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{})
+	if err != nil {
+		return
+	}
+	for _, sa := range sas {
+		if !strings.HasPrefix(sa.Name, e.p.Prefix+"oe-") {
+			continue
+		}
+		for _, ch := range sa.Children {
+			if p, ok := childPair(ch); ok && p == t.Pair {
+				e.mu.Lock()
+				t.ike = sa.Name
+				e.mu.Unlock()
+				return
+			}
+		}
+	}
 }
 
 // ikeAddr is where IKE goes for gw: its address; for a gateway named by
@@ -733,11 +780,11 @@ func (e *Engine) peerConn(name string, gw plugins.Gateway, pair xfrm.Pair) (vici
 		Local:       []vici.Auth{ours},
 		Remote:      []vici.Auth{remote},
 		Children: []vici.Child{{
-			Name:     "oe",
+			Name:     initiatorChild,
 			Mode:     "tunnel",
 			LocalTS:  []string{hostPrefix(pair.Src).String()},
 			RemoteTS: []string{hostPrefix(pair.Dst).String()},
-		}},
+		}, e.acceptChild(gw.Addr)},
 	}, nil
 }
 
@@ -763,6 +810,34 @@ func (e *Engine) unloadConn(ctx context.Context, name string) error {
 
 // pskID names an OE conn's pre-shared key in charon.
 func pskID(conn string) string { return conn + "-psk" }
+
+// Child config names in OE conns: initiatorChild carries the pair obold
+// initiates; acceptChild takes what the peer initiates.
+const (
+	initiatorChild = "oe"
+	acceptorChild  = "accept"
+)
+
+// acceptChild is in every OE conn, initiator ones too: charon puts the
+// peer's CHILD_SAs into whichever IKE_SA is up between the two gateways,
+// and picks any of our conns with the peer's identity for an IKE_SA the
+// peer starts, so each must accept what the responder accepts. Its
+// selectors: our addresses and protected LAN, any address of each family
+// on the peer's side. Every CHILD_SA it yields is checked for delegation
+// (checkAccepted) and closed unless each client behind the peer names it.
+func (e *Engine) acceptChild(peer netip.Addr) vici.Child {
+	src := e.localFor(peer)
+	local := []string{hostPrefix(src).String()}
+	remote := []string{anyOf(peer).String()}
+	for _, a := range e.local {
+		if a != src {
+			local = append(local, hostPrefix(a).String())
+			remote = append(remote, anyOf(a).String())
+		}
+	}
+	local = append(local, e.cfg.Protect...)
+	return vici.Child{Name: acceptorChild, Mode: "tunnel", LocalTS: local, RemoteTS: remote}
+}
 
 // peerID is the IKE identity a gateway must prove: its FQDN when DNS gave
 // one (its key came from the FQDN's forward map), else its address.
@@ -941,12 +1016,12 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 			return
 		}
 		if ev.Up {
-			if ev.Kind == vici.EventChildUpDown && strings.HasPrefix(ev.SA.Name, e.p.Prefix+"oe-r-") {
-				e.responderChildUp(ev.SA)
+			if ev.Kind == vici.EventChildUpDown {
+				e.checkAccepted(ev.SA)
 			}
 			return
 		}
-		e.down(ev.SA.Name, ev.Kind == vici.EventChildUpDown)
+		e.down(ev.SA, ev.Kind == vici.EventChildUpDown)
 	}
 }
 
@@ -960,7 +1035,11 @@ func (e *Engine) resync(sas []vici.IKESA) {
 	e.mu.Lock()
 	var gone []*Tunnel
 	for pair, t := range e.tunnels {
-		if t.State == StateUp && !have[t.Conn] {
+		ike := t.ike
+		if ike == "" {
+			ike = t.Conn
+		}
+		if t.State == StateUp && !have[ike] {
 			delete(e.tunnels, pair)
 			gone = append(gone, t)
 		}
@@ -988,7 +1067,7 @@ func (e *Engine) respond(peer netip.Addr) {
 		e.mu.Unlock()
 		return
 	}
-	t := &Tunnel{Pair: pair, Role: "responder", State: StateResolving, Group: dec.Group, Conn: e.ConnName("responder", pair), Since: e.p.Now()}
+	t := &Tunnel{Pair: pair, Role: "responder", State: StateResolving, Group: dec.Group, Conn: e.ConnName("responder", pair), Since: e.p.Now(), ownsConn: true, gwLevel: true}
 	e.tunnels[pair] = t
 	ctx := e.ctx
 	e.wg.Add(1)
@@ -1027,27 +1106,13 @@ func (e *Engine) respond(peer netip.Addr) {
 			e.log.Warn("OE initiator refused", "peer", peer, "reason", why)
 			return
 		}
-		// The tunnel may carry either family whatever IKE runs over (an
-		// IPv6 pair behind an IPv4 gateway): offer all our addresses and
-		// accept any initiator address of each family; charon narrows to
-		// what the initiator asked.
-		local := []string{hostPrefix(pair.Src).String()}
-		remote := []string{anyOf(peer).String()}
-		for _, a := range e.local {
-			if a != pair.Src {
-				local = append(local, hostPrefix(a).String())
-				remote = append(remote, anyOf(a).String())
-			}
-		}
-		local = append(local, e.cfg.Protect...)
 		conn, err := e.peerConn(t.Conn, *gw, pair)
 		if err == nil {
-			// The initiator's clients are checked against their reverse
-			// map's delegation once charon narrowed the selectors (a pair
-			// address of the other family is such a client: its reverse
-			// map must name the initiator's IKE address).
-			conn.Children[0].LocalTS = local
-			conn.Children[0].RemoteTS = remote
+			// Only the accepting child: the tunnel may carry either family
+			// whatever IKE runs over, and the initiator's clients are
+			// checked against their reverse map's delegation once charon
+			// narrowed the selectors (checkAccepted).
+			conn.Children = conn.Children[1:]
 			err = e.loadConn(ctx, conn, *gw)
 		}
 		e.mu.Lock()
@@ -1064,12 +1129,17 @@ func (e *Engine) respond(peer netip.Addr) {
 	}()
 }
 
-// responderChildUp checks that every client behind the initiator delegates
-// to it (X-IPsec-Server TXT in the client's reverse map naming the
-// initiator), and closes the CHILD_SA otherwise.
-func (e *Engine) responderChildUp(sa *vici.IKESA) {
+// checkAccepted checks every CHILD_SA the peer started on any OE conn
+// (our accepting child): each client behind the initiator must delegate to
+// it (X-IPsec-Server in the client's reverse map naming the initiator), or
+// the CHILD_SA is closed. Whichever OE conn charon put it in, it gets the
+// same check.
+func (e *Engine) checkAccepted(sa *vici.IKESA) {
 	ctx := e.context()
 	for _, ch := range sa.Children {
+		if ch.Name != acceptorChild {
+			continue
+		}
 		for _, ts := range ch.RemoteTS {
 			pfx, err := netip.ParsePrefix(strings.SplitN(ts, "[", 2)[0])
 			if err != nil {
@@ -1077,26 +1147,133 @@ func (e *Engine) responderChildUp(sa *vici.IKESA) {
 			}
 			if pfx.Addr() == sa.RemoteHost {
 				// An end node speaking for itself needs no delegation.
-				e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
+				e.responderAllow(ctx, sa, pfx, ch)
 				continue
 			}
 			ok, why := e.delegates(ctx, pfx.Addr(), sa.RemoteHost, sa.RemoteID)
+			if ok {
+				ok, why = e.keysVouched(ctx, sa, pfx.Addr())
+			}
 			if _, cwhy := e.configuredCollision(ctx, "", netip.Addr{}, pfx.Addr()); ok && cwhy != "" {
 				ok, why = false, "OE refused: "+cwhy
 			}
 			if !ok {
 				e.log.Warn("OE client not delegated to its gateway; closing the CHILD_SA", "client", pfx, "gateway", sa.RemoteHost, "why", why)
 				_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: ch.UniqueID})
-				e.mu.Lock()
-				if t, ok := e.tunnels[xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}]; ok {
-					t.Reason = "refused client " + pfx.String() + ": " + why
-				}
-				e.mu.Unlock()
+				e.refusedClient(sa, pfx, ch, "refused client "+pfx.String()+": "+why)
 				return
 			}
-			e.responderAllow(ctx, sa.RemoteHost, pfx, ch)
+			e.responderAllow(ctx, sa, pfx, ch)
 		}
 	}
+}
+
+// refusedClient shows a refused client in obolctl oe list: on the record
+// of the initiating gateway when it started the IKE_SA, else on a record
+// of its own (the CHILD_SA came into an IKE_SA this host started).
+func (e *Engine) refusedClient(sa *vici.IKESA, client netip.Prefix, ch vici.ChildSA, reason string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if t, ok := e.tunnels[xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}]; ok && t.Role == "responder" {
+		t.Reason = reason
+		return
+	}
+	local := client.Addr()
+	if lp, ok := firstPrefix(ch.LocalTS); ok {
+		local = lp.Addr()
+	}
+	pair := xfrm.Pair{Src: local, Dst: client.Addr()}
+	if _, busy := e.tunnels[pair]; busy || len(e.tunnels) >= e.cfg.MaxTracked {
+		return
+	}
+	now := e.p.Now()
+	e.tunnels[pair] = &Tunnel{Pair: pair, Role: "responder", State: StateFailed, Group: e.pol.Decide(pair.Dst).Group, Conn: sa.Name, ike: sa.Name,
+		Gateway: saGateway(sa), Reason: reason, Since: now, LifespanEnd: now.Add(e.pol.Decide(pair.Dst).ShuntLifetime)}
+}
+
+// saGateway names the peer of an IKE_SA as obolctl oe list shows it.
+func saGateway(sa *vici.IKESA) string {
+	if sa.RemoteID != "" && sa.RemoteID != sa.RemoteHost.String() {
+		return "@" + sa.RemoteID + " (" + sa.RemoteHost.String() + ")"
+	}
+	return sa.RemoteHost.String()
+}
+
+// firstPrefix parses the first of charon's traffic selectors ("10.0.0.1/32"
+// or with "[proto/port]").
+func firstPrefix(ts []string) (netip.Prefix, bool) {
+	if len(ts) == 0 {
+		return netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(strings.SplitN(ts[0], "[", 2)[0])
+	return p, err == nil
+}
+
+// childPair is the pair a CHILD_SA carries: its first local and remote
+// selectors' addresses (OE pairs are host pairs, narrowed to /32 or /128).
+func childPair(ch vici.ChildSA) (xfrm.Pair, bool) {
+	lp, ok1 := firstPrefix(ch.LocalTS)
+	rp, ok2 := firstPrefix(ch.RemoteTS)
+	if !ok1 || !ok2 {
+		return xfrm.Pair{}, false
+	}
+	return xfrm.Pair{Src: lp.Addr(), Dst: rp.Addr()}, true
+}
+
+// keysVouched: an IKE_SA of an initiator conn was authenticated with the
+// gateway keys one client's record gave; another client behind that
+// gateway is accepted in it only if each of those keys is vouched for by
+// the client's own record for the gateway or by the gateway's own DNS
+// (its reverse map, or the forward map of the FQDN it proved), the
+// sources a responder conn takes its keys from. Otherwise a record naming
+// a gateway with a false key would let that key speak for the gateway's
+// other clients.
+func (e *Engine) keysVouched(ctx context.Context, sa *vici.IKESA, client netip.Addr) (bool, string) {
+	e.mu.Lock()
+	pinned, ok := e.initKeys[sa.Name]
+	e.mu.Unlock()
+	if !ok {
+		return true, "" // a responder conn: keys from the gateway's own DNS
+	}
+	vouched := map[string]bool{}
+	proved := canonicalFQDN(sa.RemoteID)
+	add := func(ans plugins.LookupAnswer) {
+		for _, gw := range ans.Gateways {
+			match := gw.Addr.IsValid() && gw.Addr == sa.RemoteHost ||
+				gw.FQDN != "" && proved != "" && canonicalFQDN(gw.FQDN) == proved
+			if !match {
+				continue
+			}
+			for _, k := range gw.Keys {
+				if p, err := resolver.PEM(k); err == nil {
+					vouched[string(p)] = true
+				}
+			}
+		}
+	}
+	if ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: client}); err == nil {
+		add(ans)
+	}
+	if ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: sa.RemoteHost}); err == nil {
+		add(ans)
+	}
+	// A PSK or CA conn pins no keys (nothing to check here): the gateway
+	// proved its identity with the secret or a certificate, which vouches
+	// for it whichever of its delegating clients asks.
+	for _, k := range pinned {
+		if !vouched[k] {
+			return false, fmt.Sprintf("the IKE_SA with %s was authenticated with a key %s's record does not give for that gateway, nor does the gateway's own DNS", saGateway(sa), client)
+		}
+	}
+	return true, ""
+}
+
+func pemStrings(bs [][]byte) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = string(b)
+	}
+	return out
 }
 
 // delegates tells whether client's reverse map names the initiator as
@@ -1140,23 +1317,47 @@ func canonicalFQDN(id string) string {
 	return id
 }
 
-// responderAllow marks the responder's pair up and, on the userspace
-// datapath, allows its traffic past the traps.
-func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client netip.Prefix, ch vici.ChildSA) {
-	pair := xfrm.Pair{Src: e.localFor(peerGW), Dst: peerGW}
-	e.mu.Lock()
-	t, ok := e.tunnels[pair]
-	e.mu.Unlock()
-	if !ok {
-		return
-	}
-	var allows []xfrm.Policy
-	if e.p.Userspace {
-		for _, lts := range ch.LocalTS {
-			lp, err := netip.ParsePrefix(strings.SplitN(lts, "[", 2)[0])
-			if err != nil {
+// responderAllow records the accepted client pair as up and, on the
+// userspace datapath, allows its traffic past the traps. The initiating
+// gateway's own record (when it started the IKE_SA) is up too.
+func (e *Engine) responderAllow(ctx context.Context, sa *vici.IKESA, client netip.Prefix, ch vici.ChildSA) {
+	gwPair := xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}
+	now := e.p.Now()
+	for _, lts := range ch.LocalTS {
+		lp, err := netip.ParsePrefix(strings.SplitN(lts, "[", 2)[0])
+		if err != nil {
+			continue
+		}
+		pair := xfrm.Pair{Src: lp.Addr(), Dst: client.Addr()}
+		e.mu.Lock()
+		gw := e.tunnels[gwPair]
+		if gw != nil && gw.Role != "responder" {
+			gw = nil
+		}
+		t, ok := e.tunnels[pair]
+		switch {
+		case ok && t.Role == "initiator" && t.State != StateFailed:
+			// Both sides started this pair: ours carries it already.
+			e.mu.Unlock()
+			continue
+		case ok && t.Role == "responder" && t.State != StateFailed:
+		default:
+			if len(e.tunnels) >= e.cfg.MaxTracked && !ok {
+				e.mu.Unlock()
 				continue
 			}
+			t = &Tunnel{Pair: pair, Role: "responder", State: StateNegotiating, Group: e.pol.Decide(pair.Dst).Group, Conn: sa.Name, Gateway: saGateway(sa)}
+			if gw != nil {
+				t.Conn, t.Gateway, t.KeySource, t.DNSSEC, t.Method, t.peerKey = gw.Conn, gw.Gateway, gw.KeySource, gw.DNSSEC, gw.Method, gw.peerKey
+				t.Group, t.ownsConn = gw.Group, pair == gwPair
+			}
+			e.tunnels[pair] = t
+		}
+		up := t.State == StateUp && !t.gwLevel && len(t.allow) > 0
+		t.ike, t.gwLevel = sa.Name, false
+		e.mu.Unlock()
+		var allows []xfrm.Policy
+		if e.p.Userspace && !up {
 			prio := e.p.Band.Priority(xfrm.RolePair, lp, client)
 			for _, p := range []xfrm.Policy{
 				{Src: lp, Dst: client, Dir: xfrm.DirOut, Action: xfrm.Allow, Priority: prio},
@@ -1167,32 +1368,58 @@ func (e *Engine) responderAllow(ctx context.Context, peerGW netip.Addr, client n
 				}
 			}
 		}
+		e.mu.Lock()
+		t.State, t.Since, t.Reason = StateUp, now, ""
+		t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
+		t.allow = append(t.allow, allows...)
+		if gw != nil && gw != t {
+			gw.State, gw.Since, gw.Reason = StateUp, now, ""
+		}
+		e.mu.Unlock()
 	}
-	now := e.p.Now()
-	e.mu.Lock()
-	t.State, t.Since, t.Reason = StateUp, now, ""
-	t.LifespanEnd = now.Add(time.Duration(e.cfg.InitialLifespan))
-	t.allow = append(t.allow, allows...)
-	e.mu.Unlock()
 }
 
-// down: a Delete arrived or the tunnel was closed: forget the pair in both
-// directions and unload its conn. A second Delete (crossed) finds nothing.
-func (e *Engine) down(conn string, child bool) {
+// down: a Delete arrived or the tunnel was closed: forget the pairs whose
+// CHILD_SA went (a CHILD_SA down: the pairs its selectors carry; an IKE_SA
+// down: every pair in it) in both directions and unload their conns. A
+// second Delete (crossed) finds nothing.
+func (e *Engine) down(sa *vici.IKESA, child bool) {
 	ctx := e.context()
+	conn := sa.Name
+	inSA := map[xfrm.Pair]bool{}
+	for _, ch := range sa.Children {
+		if p, ok := childPair(ch); ok {
+			inSA[p] = true
+		}
+	}
 	e.mu.Lock()
 	var gone []*Tunnel
 	for pair, t := range e.tunnels {
+		holds := t.ike == conn || (t.ike == "" && t.Conn == conn)
 		switch {
-		case t.Conn == conn && t.State == StateUp:
+		case t.State == StateUp && t.gwLevel && t.Conn == conn && !child:
 			delete(e.tunnels, pair)
 			gone = append(gone, t)
-		case child && t.Conn == conn && t.State == StateNegotiating && t.Role == "initiator":
+		case t.State == StateUp && !t.gwLevel && holds && (!child || inSA[pair]):
+			delete(e.tunnels, pair)
+			gone = append(gone, t)
+		case child && t.State == StateNegotiating && t.Role == "initiator" && (t.Conn == conn && len(inSA) == 0 || inSA[pair]):
 			// A CHILD_SA down before obold saw initiate return: up must
 			// not open the pair (initiate then applies the failure
 			// shunt). Only a CHILD_SA: a failed attempt's IKE_SA going
 			// down must not spoil the retry.
 			t.closed = true
+		}
+	}
+	if !child {
+		// The IKE_SA that an initiator conn's keys authenticated is gone;
+		// keep them while a pair still uses the conn or an SA under it.
+		used := false
+		for _, t := range e.tunnels {
+			used = used || t.Conn == conn || t.ike == conn
+		}
+		if !used {
+			delete(e.initKeys, conn)
 		}
 	}
 	e.mu.Unlock()
@@ -1202,10 +1429,11 @@ func (e *Engine) down(conn string, child bool) {
 }
 
 // teardown removes a tunnel's kernel policies and conn; terminate sends
-// the Delete first.
+// the Delete first: for the pair's CHILD_SA only, and for the IKE_SA when
+// no other CHILD_SA is left in it (other pairs may share it).
 func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
 	if terminate {
-		_ = e.p.Charon.Terminate(ctx, vici.SASelector{IKE: t.Conn})
+		e.terminatePair(ctx, t)
 	}
 	e.mu.Lock()
 	allows := t.allow
@@ -1215,10 +1443,54 @@ func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
 		_ = e.p.Kernel.Remove(ctx, p)
 	}
 	e.removeShunt(ctx, t)
-	if err := e.unloadConn(ctx, t.Conn); err != nil {
-		e.log.Debug("unload OE conn", "conn", t.Conn, "err", err)
+	if t.ownsConn {
+		// Unloading a conn leaves its SAs (no start action): other pairs'
+		// CHILD_SAs in its IKE_SA stay up.
+		if err := e.unloadConn(ctx, t.Conn); err != nil {
+			e.log.Debug("unload OE conn", "conn", t.Conn, "err", err)
+		}
 	}
 	e.log.Info("OE tunnel closed", "pair", t.Pair, "conn", t.Conn)
+}
+
+func (e *Engine) terminatePair(ctx context.Context, t *Tunnel) {
+	ike := t.ike
+	if ike == "" {
+		ike = t.Conn
+	}
+	if t.gwLevel {
+		return // its clients' pairs close their CHILD_SAs themselves
+	}
+	sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{IKE: ike})
+	if err != nil || len(sas) == 0 {
+		_ = e.p.Charon.Terminate(ctx, vici.SASelector{IKE: ike})
+		return
+	}
+	for _, sa := range sas {
+		others := 0
+		var mine []uint32
+		for _, ch := range sa.Children {
+			if p, ok := childPair(ch); ok && p == t.Pair {
+				mine = append(mine, ch.UniqueID)
+			} else {
+				others++
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		if others == 0 {
+			sel := vici.SASelector{IKEID: sa.UniqueID}
+			if sa.UniqueID == 0 {
+				sel = vici.SASelector{IKE: ike} // never an empty selector: it means every SA
+			}
+			_ = e.p.Charon.Terminate(ctx, sel)
+			continue
+		}
+		for _, id := range mine {
+			_ = e.p.Charon.Terminate(ctx, vici.SASelector{ChildID: id})
+		}
+	}
 }
 
 // Tick checks lifespans: an up tunnel that carried traffic in the last half
@@ -1227,18 +1499,26 @@ func (e *Engine) Tick(ctx context.Context) {
 	now := e.p.Now()
 	e.mu.Lock()
 	var due []*Tunnel
-	for _, t := range e.tunnels {
-		if t.State == StateUp && !now.Before(t.LifespanEnd) {
+	for pair, t := range e.tunnels {
+		if t.State == StateFailed && t.shunt == nil && t.Role == "responder" && !t.gwLevel && !now.Before(t.LifespanEnd) {
+			delete(e.tunnels, pair) // a refused client's record: shown for a shunt lifetime
+			continue
+		}
+		if t.State == StateUp && !t.gwLevel && !now.Before(t.LifespanEnd) {
 			due = append(due, t)
 		}
 	}
 	e.mu.Unlock()
 	for _, t := range due {
-		sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{IKE: t.Conn})
+		ike := t.ike
+		if ike == "" {
+			ike = t.Conn
+		}
+		sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{IKE: ike})
 		if err != nil {
 			continue
 		}
-		idle, total := idleFor(sas)
+		idle, total := idleFor(sas, t.Pair)
 		span := time.Duration(e.cfg.InitialLifespan)
 		if t.LifespanEnd.Sub(t.Since) > span {
 			span = time.Duration(e.cfg.BusyLifespan)
@@ -1264,13 +1544,16 @@ func (e *Engine) Tick(ctx context.Context) {
 	}
 }
 
-// idleFor is the time since the last packet of any CHILD_SA (-1 when
+// idleFor is the time since the last packet of the pair's CHILD_SAs (-1 when
 // charon reports no use time) and the bytes they carried.
-func idleFor(sas []vici.IKESA) (time.Duration, uint64) {
+func idleFor(sas []vici.IKESA, pair xfrm.Pair) (time.Duration, uint64) {
 	idle := time.Duration(-1)
 	var total uint64
 	for _, sa := range sas {
 		for _, ch := range sa.Children {
+			if p, ok := childPair(ch); !ok || p != pair {
+				continue // another pair's CHILD_SA in the same IKE_SA
+			}
 			total += ch.BytesIn + ch.BytesOut
 			for _, u := range []time.Duration{ch.UseIn, ch.UseOut} {
 				if u >= 0 && (idle < 0 || u < idle) {
@@ -1370,27 +1653,24 @@ func (e *Engine) adopt(ctx context.Context) (int, error) {
 		if !strings.HasPrefix(sa.Name, e.p.Prefix+"oe-") || sa.Name == e.acceptorName() {
 			continue
 		}
-		responder := strings.HasPrefix(sa.Name, e.p.Prefix+"oe-r-")
 		for _, ch := range sa.Children {
-			if ch.State != "INSTALLED" || len(ch.LocalTS) == 0 || len(ch.RemoteTS) == 0 {
+			if ch.State != "INSTALLED" {
 				continue
 			}
-			lp, err1 := netip.ParsePrefix(strings.SplitN(ch.LocalTS[0], "[", 2)[0])
-			rp, err2 := netip.ParsePrefix(strings.SplitN(ch.RemoteTS[0], "[", 2)[0])
-			if err1 != nil || err2 != nil {
+			pair, ok := childPair(ch)
+			if !ok {
 				continue
 			}
-			pair, role := xfrm.Pair{Src: lp.Addr(), Dst: rp.Addr()}, "initiator"
-			if responder {
-				pair, role = xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}, "responder"
+			lp, rp := hostPrefix(pair.Src), hostPrefix(pair.Dst)
+			// A pair's CHILD_SA may sit in another conn's IKE_SA: the
+			// child config's name says who started it.
+			t := &Tunnel{Pair: pair, Role: "initiator", State: StateUp, Group: e.pol.Decide(pair.Dst).Group, Conn: e.ConnName("initiator", pair), ike: sa.Name,
+				ownsConn: true, Gateway: saGateway(&sa), Since: now, LifespanEnd: now.Add(time.Duration(e.cfg.InitialLifespan))}
+			if ch.Name != initiatorChild {
+				t.Role, t.Conn, t.ownsConn = "responder", sa.Name, pair == xfrm.Pair{Src: e.localFor(sa.RemoteHost), Dst: sa.RemoteHost}
 			}
 			if _, dup := e.tunnels[pair]; dup {
 				continue
-			}
-			t := &Tunnel{Pair: pair, Role: role, State: StateUp, Group: e.pol.Decide(pair.Dst).Group, Conn: sa.Name,
-				Gateway: sa.RemoteHost.String(), Since: now, LifespanEnd: now.Add(time.Duration(e.cfg.InitialLifespan))}
-			if sa.RemoteID != sa.RemoteHost.String() {
-				t.Gateway = "@" + sa.RemoteID + " (" + sa.RemoteHost.String() + ")"
 			}
 			for _, p := range pols {
 				if p.Action == xfrm.Allow && ((p.Src == lp && p.Dst == rp) || (p.Src == rp && p.Dst == lp)) {

@@ -548,21 +548,21 @@ func TestResponderLoadsInitiatorKey(t *testing.T) {
 	// A client behind the initiator that does not delegate to it is cut off.
 	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.99", 10)}}
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
-		Children: []vici.ChildSA{{UniqueID: 7, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 7, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
 	if len(r.ch.terminated) != 1 || r.ch.terminated[0].ChildID != 7 {
 		t.Fatalf("undelegated child not closed: %+v", r.ch.terminated)
 	}
 	// One that delegates is accepted and allowed past the traps.
 	r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
-		Children: []vici.ChildSA{{UniqueID: 8, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.11/32"}}}}})
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 8, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.11/32"}}}}})
 	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.11/32")) != 1 {
 		t.Fatalf("delegated child: terminated %+v", r.ch.terminated)
 	}
 	// The initiator speaking for itself (host OE) needs no delegation and
 	// is allowed past the traps too.
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
-		Children: []vici.ChildSA{{UniqueID: 9, LocalTS: []string{"192.0.2.1/32"}, RemoteTS: []string{"192.0.2.2/32"}}}}})
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 9, LocalTS: []string{"192.0.2.1/32"}, RemoteTS: []string{"192.0.2.2/32"}}}}})
 	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "192.0.2.1/32", "192.0.2.2/32")) != 1 || len(r.policies(t, xfrm.Allow, "192.0.2.2/32", "192.0.2.1/32")) != 1 {
 		t.Fatalf("host OE responder: terminated %+v", r.ch.terminated)
 	}
@@ -579,7 +579,7 @@ func TestLifespan(t *testing.T) {
 	ctx := context.Background()
 	// Busy at the end of the first minute (a packet 10 s ago): 20 more minutes.
 	r.advance(61 * time.Second)
-	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{UseIn: 10 * time.Second, UseOut: -1}}}}
+	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{Name: "oe", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}, UseIn: 10 * time.Second, UseOut: -1}}}}
 	r.e.Tick(ctx)
 	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 	if tu.LifespanEnd.Sub(r.clock()) != 20*time.Minute {
@@ -587,7 +587,7 @@ func TestLifespan(t *testing.T) {
 	}
 	// Idle for the whole second span: closed with a Delete.
 	r.advance(20*time.Minute + time.Second)
-	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{UseIn: 15 * time.Minute, UseOut: 15 * time.Minute}}}}
+	r.ch.sas = []vici.IKESA{{Children: []vici.ChildSA{{Name: "oe", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}, UseIn: 15 * time.Minute, UseOut: 15 * time.Minute}}}}
 	r.e.Tick(ctx)
 	if len(r.e.Tunnels()) != 0 || len(r.ch.terminated) != 1 || r.ch.terminated[0].IKE != "obol-oe-10-1-0-10-10-2-0-10" {
 		t.Fatalf("idle tunnel: tunnels %+v terminated %+v", r.e.Tunnels(), r.ch.terminated)
@@ -605,7 +605,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 	}
 	// charon still has the SA; a new engine (a restarted obold) adopts it.
 	r.ch.sas = []vici.IKESA{{Name: up.Conn, RemoteHost: netip.MustParseAddr("192.0.2.2"), RemoteID: "192.0.2.2",
-		Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}}
+		Children: []vici.ChildSA{{Name: "oe", State: "INSTALLED", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	in, err := xfrm.NewInstaller(r.spd, xfrm.DefaultOwner(), log)
 	if err != nil {

@@ -92,7 +92,7 @@ func TestResponderDelegationByFQDN(t *testing.T) {
 	}
 	childUp := func(id uint32, client, provedID string) {
 		r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: peer, RemoteID: provedID,
-			Children: []vici.ChildSA{{UniqueID: id, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{client + "/32"}}}}})
+			Children: []vici.ChildSA{{Name: "accept", UniqueID: id, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{client + "/32"}}}}})
 	}
 	// bob names the initiator by FQDN (with an address that is not the
 	// initiator's: identities count, not addresses).
@@ -114,7 +114,7 @@ func TestResponderDelegationByFQDN(t *testing.T) {
 	}
 	var reason string
 	for _, tu := range r.e.Tunnels() {
-		if tu.Role == "responder" {
+		if tu.Role == "responder" && tu.Reason != "" {
 			reason = tu.Reason
 		}
 	}

@@ -198,7 +198,7 @@ func TestIPv6Responder(t *testing.T) {
 		t.Errorf("responder child TS %v -> %v", c.Children[0].LocalTS, c.Children[0].RemoteTS)
 	}
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-2001-db8--2", RemoteHost: peer,
-		Children: []vici.ChildSA{{UniqueID: 3, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::2/128"}}}}})
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 3, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::2/128"}}}}})
 	tu := r.tunnel(t, "2001:db8::1", "2001:db8::2", StateUp)
 	if tu.Role != "responder" || tu.Group != policy.PrivateOrClear {
 		t.Errorf("responder tunnel %+v", tu)
@@ -313,9 +313,9 @@ func TestAdoptIPv6(t *testing.T) {
 	r.e.Leave()
 	r.ch.sas = []vici.IKESA{
 		{Name: up.Conn, RemoteHost: b6, RemoteID: b6.String(),
-			Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::2/128"}}}},
+			Children: []vici.ChildSA{{Name: "oe", State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::2/128"}}}},
 		{Name: "obol-oe-r-2001-db8--3", RemoteHost: c6, RemoteID: c6.String(),
-			Children: []vici.ChildSA{{State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::3/128"}}}},
+			Children: []vici.ChildSA{{Name: "accept", State: "INSTALLED", LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{"2001:db8::3/128"}}}},
 	}
 	e2, err := New(r.e.cfg, Params{Charon: r.ch, Kernel: r.e.p.Kernel, Resolver: r.dns, Userspace: true, Prefix: "obol-", PubPEM: []byte("PUB"), Log: r.e.log, Now: r.clock})
 	if err != nil {
@@ -379,7 +379,7 @@ func TestIPv6OverIPv4Responder(t *testing.T) {
 			r.dns.answers[client] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gateway, 10)}}
 			before := len(r.ch.terminated)
 			r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: peer,
-				Children: []vici.ChildSA{{UniqueID: tt.child, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{tt.client + "/128"}}}}})
+				Children: []vici.ChildSA{{Name: "accept", UniqueID: tt.child, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{tt.client + "/128"}}}}})
 			allowed := len(r.policies(t, xfrm.Allow, "2001:db8::1/128", tt.client+"/128")) == 1 && len(r.policies(t, xfrm.Allow, tt.client+"/128", "2001:db8::1/128")) == 1
 			terminated := len(r.ch.terminated) > before && r.ch.terminated[len(r.ch.terminated)-1].ChildID == tt.child
 			if allowed != tt.wantAllow || terminated == tt.wantAllow {
