@@ -41,16 +41,51 @@ type configuredSet struct {
 	err     error
 }
 
-// configured returns the conns obold does not own, from the cache or from
-// charon when the cache is older than configuredTTL. Callers serialize on
-// e.cfgMu, so concurrent negotiations share one list-conns.
+// configured returns the conns obold does not own. It never waits for
+// charon once it has a list: an older list (than configuredTTL) is
+// returned at once and refreshed in the background, so neither side of a
+// negotiation pays list-conns and list-sas on its critical path (the
+// responder must load its conn before the initiator's IKE_AUTH arrives).
+// Only the first call, or one after charon restarted, waits for the lists.
 func (e *Engine) configured(ctx context.Context) ([]configuredConn, error) {
 	e.cfgMu.Lock()
-	defer e.cfgMu.Unlock()
-	now := time.Now()
-	if !e.cfgSet.fetched.IsZero() && now.Sub(e.cfgSet.fetched) < configuredTTL {
-		return e.cfgSet.conns, e.cfgSet.err
+	have, fresh := !e.cfgSet.fetched.IsZero(), time.Since(e.cfgSet.fetched) < configuredTTL
+	conns := e.cfgSet.conns
+	if have && !fresh && !e.cfgRefreshing {
+		e.cfgRefreshing = true
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			_, err := e.fetchConfigured(context.WithoutCancel(ctx))
+			e.cfgMu.Lock()
+			e.cfgRefreshing = false
+			e.cfgMu.Unlock()
+			if err != nil {
+				e.log.Warn("OE: refreshing charon's configured conns failed; the last list stays in use", "err", err)
+			}
+		}()
 	}
+	e.cfgMu.Unlock()
+	if have {
+		return conns, nil
+	}
+	return e.fetchConfigured(ctx)
+}
+
+// fetchConfigured asks charon for its conns and SAs and caches the conns
+// obold does not own. Fetches are serialized, so concurrent negotiations
+// at start share one.
+func (e *Engine) fetchConfigured(ctx context.Context) ([]configuredConn, error) {
+	e.cfgFetchMu.Lock()
+	defer e.cfgFetchMu.Unlock()
+	e.cfgMu.Lock()
+	if !e.cfgSet.fetched.IsZero() && time.Since(e.cfgSet.fetched) < configuredTTL {
+		conns := e.cfgSet.conns
+		e.cfgMu.Unlock()
+		return conns, nil // fetched while this one waited
+	}
+	e.cfgMu.Unlock()
+	now := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	infos, err := e.p.Charon.ListConns(lctx, "")
 	cancel()
@@ -91,8 +126,33 @@ func (e *Engine) configured(ctx context.Context) ([]configuredConn, error) {
 		}
 		out = append(out, c)
 	}
+	e.cfgMu.Lock()
 	e.cfgSet = configuredSet{conns: out, fetched: now}
+	e.cfgMu.Unlock()
 	return out, nil
+}
+
+// prefetchConfigured reads charon's configured conns in the background, so
+// that not even the first negotiation (a responder racing the initiator's
+// IKE_AUTH) waits for list-conns and list-sas.
+func (e *Engine) prefetchConfigured() {
+	e.mu.Lock()
+	ctx := e.ctx
+	if ctx == nil || e.stopped {
+		e.mu.Unlock()
+		return
+	}
+	e.wg.Add(1)
+	done := make(chan struct{})
+	e.cfgPrefetched = done
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		defer close(done)
+		if _, err := e.fetchConfigured(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("OE: reading charon's configured conns failed; the first negotiation will ask again", "err", err)
+		}
+	}()
 }
 
 // forgetConfigured drops the cache (charon restarted, conns may differ).

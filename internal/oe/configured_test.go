@@ -64,11 +64,11 @@ func TestInitiatorRefusesConfiguredDestination(t *testing.T) {
 	for _, up := range []bool{true, false} {
 		t.Run(map[bool]string{true: "configured tunnel up", false: "configured tunnel down"}[up], func(t *testing.T) {
 			r := newRig(t, "private=10.2.0.0/16", nil)
-			r.ch.configured = []vici.ConnInfo{siteConn()}
+			r.setConfigured([]vici.ConnInfo{siteConn()})
 			if up {
 				r.ch.sas = []vici.IKESA{{Name: "gw-gw", Children: []vici.ChildSA{{State: "INSTALLED", RemoteTS: []string{"10.2.0.0/24"}}}}}
 			}
-			r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.9", 10)}}
+			r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.9", 10)}})
 			r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 			tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
 			if !strings.Contains(tu.Reason, `OE refused: configured conn "gw-gw" has remote_ts 10.2.0.0/24 covering 10.2.0.10`) {
@@ -100,17 +100,17 @@ func TestInitiatorRefusesConfiguredDestination(t *testing.T) {
 // the next one is tried.
 func TestInitiatorSkipsConfiguredGateway(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.ch.configured = []vici.ConnInfo{{Name: "peer-b", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "192.0.2.2"}}}}
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}}
+	r.setConfigured([]vici.ConnInfo{{Name: "peer-b", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "192.0.2.2"}}}})
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}})
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 	if tu.Gateway != "192.0.2.3" || len(r.ch.initiated) != 1 {
 		t.Errorf("tunnel %+v initiated %v", tu, r.ch.initiated)
 	}
 	// With no other gateway: refused, with the reason.
-	r.ch.configured = append(r.ch.configured, vici.ConnInfo{Name: "peer-c", RemoteAddrs: []string{"192.0.2.3"}})
+	r.setConfigured(append(r.ch.configured, vici.ConnInfo{Name: "peer-c", RemoteAddrs: []string{"192.0.2.3"}}))
 	r.e.forgetConfigured()
-	r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.11"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}})
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.11", 0))
 	f := r.tunnel(t, "10.1.0.10", "10.2.0.11", StateFailed)
 	for _, want := range []string{`gateway 192.0.2.2: OE refused: configured conn "peer-b" has the same remote identity 192.0.2.2`, `gateway 192.0.2.3: OE refused: configured conn "peer-c" has remote_addrs 192.0.2.3/32 covering the peer 192.0.2.3`} {
@@ -124,8 +124,8 @@ func TestInitiatorSkipsConfiguredGateway(t *testing.T) {
 // for, and refuses clients a configured conn covers.
 func TestResponderRefusesConfiguredPeer(t *testing.T) {
 	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
-	r.ch.configured = []vici.ConnInfo{siteConn()}
-	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}}
+	r.setConfigured([]vici.ConnInfo{siteConn()})
+	r.dns.set(netip.MustParseAddr("192.0.2.2"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
 	tu := r.tunnel(t, "192.0.2.1", "192.0.2.2", StateFailed)
 	if !strings.Contains(tu.Reason, `refused initiator: OE refused: configured conn "gw-gw" has the same remote identity 192.0.2.2`) {
@@ -136,10 +136,10 @@ func TestResponderRefusesConfiguredPeer(t *testing.T) {
 	}
 
 	// Another initiator brings a client inside the configured remote_ts.
-	r.dns.answers[netip.MustParseAddr("192.0.2.7")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.7", 65536)}}
+	r.dns.set(netip.MustParseAddr("192.0.2.7"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.7", 65536)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.7 is initiating an IKE_SA"}})
 	r.tunnel(t, "192.0.2.1", "192.0.2.7", StateNegotiating)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.7", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.7", 10)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-7", RemoteHost: netip.MustParseAddr("192.0.2.7"), RemoteID: "192.0.2.7",
 		Children: []vici.ChildSA{{Name: "accept", UniqueID: 5, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
 	if len(r.ch.terminated) != 1 || r.ch.terminated[0].ChildID != 5 {
@@ -151,10 +151,10 @@ func TestResponderRefusesConfiguredPeer(t *testing.T) {
 // list-conns refuses OE (never a guess) and is not cached.
 func TestConfiguredCache(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.dns.answers[netip.MustParseAddr("10.2.2.1")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.2.1"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 	for i := range 50 {
 		dst := netip.AddrFrom4([4]byte{10, 2, 1, byte(i + 1)})
-		r.dns.answers[dst] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+		r.dns.set(dst, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 	}
 	for i := range 50 {
 		r.e.HandleAcquire(acquire("10.1.0.10", netip.AddrFrom4([4]byte{10, 2, 1, byte(i + 1)}).String(), 0))
@@ -178,10 +178,7 @@ func TestConfiguredCache(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("list-conns called %d times for 50 ACQUIREs, want 1", calls)
 	}
-	r.e.forgetConfigured()
-	r.ch.mu.Lock()
-	r.ch.listErr = errors.New("charon went away")
-	r.ch.mu.Unlock()
+	r.setListErr(errors.New("charon went away"))
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.2.1", 0))
 	f := r.tunnel(t, "10.1.0.10", "10.2.2.1", StateFailed)
 	if !strings.Contains(f.Reason, "list charon's configured conns") || !strings.Contains(f.Reason, "charon went away") {
@@ -199,7 +196,7 @@ func TestConfiguredCache(t *testing.T) {
 // goes at once and the private drop takes its place.
 func TestConfiguredTunnelDownDropsAllow(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.ch.configured = []vici.ConnInfo{siteConn()}
+	r.setConfigured([]vici.ConnInfo{siteConn()})
 	r.ch.sas = []vici.IKESA{{Name: "gw-gw", Children: []vici.ChildSA{{State: "INSTALLED", RemoteTS: []string{"10.2.0.0/24"}}}}}
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
@@ -220,14 +217,14 @@ func TestConfiguredTunnelDownDropsAllow(t *testing.T) {
 // destroy the configured SA).
 func TestInitiatorRefusesPeerOfLiveConfiguredSA(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.ch.configured = []vici.ConnInfo{{Name: "rw", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "%any"}}}}
+	r.setConfigured([]vici.ConnInfo{{Name: "rw", RemoteAddrs: []string{"%any"}, Remote: []vici.AuthInfo{{ID: "%any"}}}})
 	r.ch.sas = []vici.IKESA{
 		{Name: "rw", State: "ESTABLISHED", RemoteID: "gw.example.test", RemoteHost: netip.MustParseAddr("198.51.100.4")},
 		// A half-open SA has no conn yet: it may be the OE peer itself.
 		{Name: "(unnamed)", State: "CONNECTING", RemoteID: "10.2.0.10", RemoteHost: netip.MustParseAddr("192.0.2.40")},
 	}
 	gw := fqdnGateway(t, "gw.example.test.", 10, "192.0.2.40")
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}})
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	f := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
 	if want := `OE refused: configured conn "rw" has an SA up with the same peer identity @gw.example.test`; !strings.Contains(f.Reason, want) {
@@ -242,8 +239,8 @@ func TestInitiatorRefusesPeerOfLiveConfiguredSA(t *testing.T) {
 // conn covers.
 func TestLookupExplainsConfiguredRefusal(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.ch.configured = []vici.ConnInfo{siteConn()}
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.9", 10)}}
+	r.setConfigured([]vici.ConnInfo{siteConn()})
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.9", 10)}})
 	l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
 	if want := `would refuse OE: configured conn "gw-gw" has remote_ts 10.2.0.0/24 covering 10.2.0.10`; !strings.HasPrefix(l.Action, want) {
 		t.Errorf("action %q\nwant %q...", l.Action, want)
@@ -257,7 +254,7 @@ func TestLookupExplainsConfiguredRefusal(t *testing.T) {
 func TestResponderIgnoresHalfOpenSA(t *testing.T) {
 	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
 	r.ch.sas = []vici.IKESA{{Name: "(unnamed)", State: "CONNECTING", RemoteHost: netip.MustParseAddr("192.0.2.2"), RemoteID: "192.0.2.2"}}
-	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}}
+	r.dns.set(netip.MustParseAddr("192.0.2.2"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
 	r.tunnel(t, "192.0.2.1", "192.0.2.2", StateNegotiating)
 	if _, ok := r.ch.conn("obol-oe-r-192-0-2-2"); !ok {

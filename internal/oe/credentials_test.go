@@ -66,7 +66,7 @@ func TestCredentialsBesidesKeys(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, "private=10.2.0.0/16", nil)
-			r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{tc.gw}, Method: plugins.MethodPresharedKey}
+			r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{tc.gw}, Method: plugins.MethodPresharedKey})
 			r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 			tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 			c, ok := r.ch.conn(tu.Conn)

@@ -164,9 +164,13 @@ type Engine struct {
 	// another client only if its DNS vouches for these keys too.
 	initKeys map[string][]string
 
-	// cfgMu guards cfgSet, the cached conns obold does not own.
-	cfgMu  sync.Mutex
-	cfgSet configuredSet
+	// cfgMu guards cfgSet, the cached conns obold does not own, and
+	// cfgRefreshing; cfgFetchMu serializes fetches from charon.
+	cfgMu         sync.Mutex
+	cfgSet        configuredSet
+	cfgRefreshing bool
+	cfgFetchMu    sync.Mutex
+	cfgPrefetched chan struct{} // closed when the last prefetch ended (e.mu)
 	// initiating holds one token per initiate in progress (MaxInitiates):
 	// ike_timeout starts once one is held.
 	initiating chan struct{}
@@ -285,6 +289,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	} else if n > 0 {
 		e.log.Info("adopted OE tunnels left by an earlier obold", "tunnels", n)
 	}
+	e.prefetchConfigured()
 	e.log.Info("OE started", "identity", e.id, "addresses", e.local, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
 }
@@ -994,6 +999,7 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 	switch ev.Kind {
 	case vici.EventConnected:
 		e.forgetConfigured()
+		e.prefetchConfigured()
 		e.resync(ev.SAs)
 	case vici.EventLog:
 		if ev.Log == nil {

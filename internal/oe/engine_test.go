@@ -143,6 +143,13 @@ type fakeDNS struct {
 	queries int
 }
 
+// set gives a an answer; engine goroutines may be reading meanwhile.
+func (r *fakeDNS) set(a netip.Addr, ans plugins.LookupAnswer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.answers[a] = ans
+}
+
 func (r *fakeDNS) Lookup(ctx context.Context, q plugins.LookupQuery) (plugins.LookupAnswer, error) {
 	r.mu.Lock()
 	r.queries++
@@ -215,8 +222,31 @@ func newRig(t *testing.T, groups string, mutate func(*Config)) *rig {
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Start reads charon's configured conns in the background; let it
+	// finish so tests change the fake charon without racing it.
+	e.mu.Lock()
+	prefetched := e.cfgPrefetched
+	e.mu.Unlock()
+	<-prefetched
 	r.e = e
 	return r
+}
+
+// setConfigured changes the conns the fake charon has besides obold's, as
+// swanctl --load-conns would, and drops the engine's cached list.
+func (r *rig) setConfigured(cs []vici.ConnInfo) {
+	r.ch.mu.Lock()
+	r.ch.configured = cs
+	r.ch.mu.Unlock()
+	r.e.forgetConfigured()
+}
+
+// setListErr makes list-conns fail (charon away) from now on.
+func (r *rig) setListErr(err error) {
+	r.ch.mu.Lock()
+	r.ch.listErr = err
+	r.ch.mu.Unlock()
+	r.e.forgetConfigured()
 }
 
 func (r *rig) tunnel(t *testing.T, src, dst string, want State) Tunnel {
@@ -294,7 +324,7 @@ func TestStartInstallsBypassesTrapsBlocks(t *testing.T) {
 func TestInitiatorUp(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
 	gw := gateway(t, "192.0.2.2", 10)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure})
 	// Three ACQUIREs for one pair (different first ports): one negotiation.
 	for _, port := range []uint16{0, 80, 443} {
 		r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", port))
@@ -357,13 +387,13 @@ func TestPairsToOneGatewayAreNotDuplicates(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16;clear-or-private=192.0.2.0/24", nil)
 	gw := gateway(t, "192.0.2.2", 10)
 	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
-		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.dns.set(netip.MustParseAddr(dst), plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure})
 		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
 	}
 	for _, dst := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
 		r.tunnel(t, "10.1.0.10", dst, StateUp)
 	}
-	r.dns.answers[netip.MustParseAddr("192.0.2.3")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.3", 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(netip.MustParseAddr("192.0.2.3"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.3", 10)}, DNSSEC: plugins.DNSSECSecure})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.3 is initiating an IKE_SA"}})
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 		if _, ok := r.ch.conn("obol-oe-r-192-0-2-3"); ok {
@@ -392,7 +422,7 @@ func TestQueuedInitiatesKeepTheirIKETimeout(t *testing.T) {
 	for i := range 12 {
 		dst := fmt.Sprintf("10.2.0.%d", 10+i)
 		dsts = append(dsts, dst)
-		r.dns.answers[netip.MustParseAddr(dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure}
+		r.dns.set(netip.MustParseAddr(dst), plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}, DNSSEC: plugins.DNSSECSecure})
 		r.e.HandleAcquire(acquire("10.1.0.10", dst, 0))
 	}
 	for _, dst := range dsts {
@@ -430,7 +460,7 @@ func TestGroupOnExemptAddressKeepsBypass(t *testing.T) {
 
 func TestFailoverToNextGateway(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10), gateway(t, "192.0.2.3", 20)}})
 	r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
@@ -463,7 +493,7 @@ func TestFailureShunts(t *testing.T) {
 				tt.dns(r.dns)
 			}
 			if strings.Contains(tt.name, "IKE fails") {
-				r.dns.answers[netip.MustParseAddr(tt.dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+				r.dns.set(netip.MustParseAddr(tt.dst), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 				r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
 			}
 			r.e.HandleAcquire(acquire("10.1.0.10", tt.dst, 0))
@@ -531,7 +561,7 @@ func TestMaxTracked(t *testing.T) {
 
 func TestResponderLoadsInitiatorKey(t *testing.T) {
 	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
-	r.dns.answers[netip.MustParseAddr("192.0.2.2")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(netip.MustParseAddr("192.0.2.2"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, DNSSEC: plugins.DNSSECSecure})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
 	var c vici.Conn
 	deadline := time.Now().Add(5 * time.Second)
@@ -546,14 +576,14 @@ func TestResponderLoadsInitiatorKey(t *testing.T) {
 		t.Fatalf("responder conn %+v", c)
 	}
 	// A client behind the initiator that does not delegate to it is cut off.
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.99", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.99", 10)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
 		Children: []vici.ChildSA{{Name: "accept", UniqueID: 7, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}})
 	if len(r.ch.terminated) != 1 || r.ch.terminated[0].ChildID != 7 {
 		t.Fatalf("undelegated child not closed: %+v", r.ch.terminated)
 	}
 	// One that delegates is accepted and allowed past the traps.
-	r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.11"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
 		Children: []vici.ChildSA{{Name: "accept", UniqueID: 8, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.11/32"}}}}})
 	if len(r.ch.terminated) != 1 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.11/32")) != 1 {
@@ -573,7 +603,7 @@ func TestLifespan(t *testing.T) {
 		c.InitialLifespan = Duration(time.Minute)
 		c.BusyLifespan = Duration(20 * time.Minute)
 	})
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 	ctx := context.Background()
@@ -596,7 +626,7 @@ func TestLifespan(t *testing.T) {
 
 func TestAdoptAfterRestart(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	up := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 	r.e.Leave()
@@ -659,7 +689,7 @@ func TestRequest(t *testing.T) {
 			r := newRig(t, tt.groups, nil)
 			dst := netip.MustParseAddr(tt.dst)
 			if tt.records {
-				r.dns.answers[dst] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure}
+				r.dns.set(dst, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure})
 			}
 			if tt.ikeFail {
 				r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")

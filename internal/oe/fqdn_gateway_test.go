@@ -38,7 +38,7 @@ func TestInitiatorFQDNGatewayForAClient(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, "private=10.2.0.0/16", nil)
-			r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{tc.gw}, DNSSEC: plugins.DNSSECSecure}
+			r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{tc.gw}, DNSSEC: plugins.DNSSECSecure})
 			r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 			if tc.wantAddr == "" {
 				tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
@@ -75,7 +75,7 @@ func TestResponderDelegationByFQDN(t *testing.T) {
 	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
 	peer := netip.MustParseAddr("192.0.2.2")
 	self := fqdnGateway(t, "gwb.example.test.", 10)
-	r.dns.answers[peer] = plugins.LookupAnswer{Gateways: []plugins.Gateway{self}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(peer, plugins.LookupAnswer{Gateways: []plugins.Gateway{self}, DNSSEC: plugins.DNSSECSecure})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -96,7 +96,7 @@ func TestResponderDelegationByFQDN(t *testing.T) {
 	}
 	// bob names the initiator by FQDN (with an address that is not the
 	// initiator's: identities count, not addresses).
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "GWB.example.test.", 10, "198.51.100.9")}}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "GWB.example.test.", 10, "198.51.100.9")}})
 	childUp(1, "10.2.0.10", "gwb.example.test")
 	if len(r.ch.terminated) != 0 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 1 {
 		t.Fatalf("client delegating by FQDN refused: terminated %+v", r.ch.terminated)
@@ -107,7 +107,7 @@ func TestResponderDelegationByFQDN(t *testing.T) {
 		t.Fatalf("client delegating to an FQDN the initiator did not prove: terminated %+v", r.ch.terminated)
 	}
 	// carol names another FQDN gateway: refused, with the reason listed.
-	r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "gwc.example.test.", 10, "192.0.2.2")}}
+	r.dns.set(netip.MustParseAddr("10.2.0.11"), plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "gwc.example.test.", 10, "192.0.2.2")}})
 	childUp(3, "10.2.0.11", "gwb.example.test")
 	if len(r.ch.terminated) != 2 || r.ch.terminated[1].ChildID != 3 {
 		t.Fatalf("client of another FQDN gateway not closed: terminated %+v", r.ch.terminated)
@@ -142,7 +142,7 @@ func TestCanonicalFQDN(t *testing.T) {
 // past the trap, and under private the failure shunt drops its traffic.
 func TestChildClosedBeforeInitiateReturns(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}, DNSSEC: plugins.DNSSECSecure})
 	r.ch.onInitiate = func(ike string) {
 		r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: false, SA: &vici.IKESA{Name: ike}})
 	}
@@ -164,13 +164,13 @@ func TestChildClosedBeforeInitiateReturns(t *testing.T) {
 // the gateway that proves the FQDN.
 func TestLookupFQDNGatewayClient(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16", nil)
-	r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "gwb.example.test.", 10, "192.0.2.2")}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{fqdnGateway(t, "gwb.example.test.", 10, "192.0.2.2")}, DNSSEC: plugins.DNSSECSecure})
 	l := r.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
 	if !strings.Contains(l.Action, "would initiate OE to gateway @gwb.example.test (192.0.2.2)") {
 		t.Errorf("action %q", l.Action)
 	}
 	r2 := newRig(t, "clear-or-private=10.2.0.0/16", nil)
-	r2.dns.answers[netip.MustParseAddr("10.2.0.10")] = r.dns.answers[netip.MustParseAddr("10.2.0.10")]
+	r2.dns.set(netip.MustParseAddr("10.2.0.10"), r.dns.answers[netip.MustParseAddr("10.2.0.10")])
 	l = r2.e.Lookup(t.Context(), netip.MustParseAddr("10.2.0.10"))
 	if !strings.Contains(l.Responder, "would accept it behind gateway @gwb.example.test (when it proves that identity)") {
 		t.Errorf("responder %q", l.Responder)

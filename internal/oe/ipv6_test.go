@@ -142,7 +142,7 @@ func TestIPv6Initiator(t *testing.T) {
 				groups += ";private=2001:db8:2::/48"
 			}
 			r := newRig(t, groups, tt.mutate)
-			r.dns.answers[netip.MustParseAddr(tt.dst)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gw, 10)}, DNSSEC: plugins.DNSSECSecure}
+			r.dns.set(netip.MustParseAddr(tt.dst), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gw, 10)}, DNSSEC: plugins.DNSSECSecure})
 			r.e.HandleAcquire(acquire(tt.src, tt.dst, 0))
 			pair := xfrm.Pair{Src: netip.MustParseAddr(tt.src), Dst: netip.MustParseAddr(tt.dst)}
 			if tt.wantFailWords != "" {
@@ -180,7 +180,7 @@ func TestIPv6Initiator(t *testing.T) {
 func TestIPv6Responder(t *testing.T) {
 	r := newRig(t, "private-or-clear=::/0", dualStack)
 	peer := netip.MustParseAddr("2001:db8::2")
-	r.dns.answers[peer] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, peer.String(), 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(peer, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, peer.String(), 10)}, DNSSEC: plugins.DNSSECSecure})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "2001:db8::2[500] is initiating an IKE_SA"}})
 	var c vici.Conn
 	deadline := time.Now().Add(5 * time.Second)
@@ -307,7 +307,7 @@ func TestLookupIPv6(t *testing.T) {
 func TestAdoptIPv6(t *testing.T) {
 	r := newRig(t, "private-or-clear=::/0", dualStack)
 	a6, b6, c6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::3")
-	r.dns.answers[b6] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, b6.String(), 10)}}
+	r.dns.set(b6, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, b6.String(), 10)}})
 	r.e.HandleAcquire(acquire(a6.String(), b6.String(), 0))
 	up := r.tunnel(t, a6.String(), b6.String(), StateUp)
 	r.e.Leave()
@@ -349,7 +349,7 @@ func TestAdoptIPv6(t *testing.T) {
 func TestIPv6OverIPv4Responder(t *testing.T) {
 	r := newRig(t, "private-or-clear=::/0;clear-or-private=192.0.2.0/24", dualStack)
 	peer := netip.MustParseAddr("192.0.2.2")
-	r.dns.answers[peer] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, peer.String(), 10)}, DNSSEC: plugins.DNSSECSecure}
+	r.dns.set(peer, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, peer.String(), 10)}, DNSSEC: plugins.DNSSECSecure})
 	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2[500] is initiating an IKE_SA"}})
 	var c vici.Conn
 	deadline := time.Now().Add(5 * time.Second)
@@ -376,7 +376,7 @@ func TestIPv6OverIPv4Responder(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			client := netip.MustParseAddr(tt.client)
-			r.dns.answers[client] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gateway, 10)}}
+			r.dns.set(client, plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, tt.gateway, 10)}})
 			before := len(r.ch.terminated)
 			r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: peer,
 				Children: []vici.ChildSA{{Name: "accept", UniqueID: tt.child, LocalTS: []string{"2001:db8::1/128"}, RemoteTS: []string{tt.client + "/128"}}}}})

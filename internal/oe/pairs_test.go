@@ -35,7 +35,7 @@ func TestInitiatorConnAccepts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, "private=10.2.0.0/16;clear-or-private=192.0.2.0/24", nil)
 			first := gateway(t, "192.0.2.2", 10)
-			r.dns.answers[netip.MustParseAddr("10.2.0.10")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{first}}
+			r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{first}})
 			r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 			up := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
 			c, _ := r.ch.conn(up.Conn)
@@ -49,9 +49,9 @@ func TestInitiatorConnAccepts(t *testing.T) {
 				}
 				return g
 			}
-			r.dns.answers[netip.MustParseAddr("10.2.0.11")] = plugins.LookupAnswer{Gateways: []plugins.Gateway{keyed(tt.delegate, tt.client)}}
+			r.dns.set(netip.MustParseAddr("10.2.0.11"), plugins.LookupAnswer{Gateways: []plugins.Gateway{keyed(tt.delegate, tt.client)}})
 			if tt.own != "" {
-				r.dns.answers[gwb] = plugins.LookupAnswer{Gateways: []plugins.Gateway{keyed("192.0.2.2", tt.own)}}
+				r.dns.set(gwb, plugins.LookupAnswer{Gateways: []plugins.Gateway{keyed("192.0.2.2", tt.own)}})
 			}
 			id := uint32(20 + i)
 			r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &vici.IKESA{Name: up.Conn, RemoteHost: gwb, RemoteID: "192.0.2.2",
@@ -93,7 +93,7 @@ func TestPairsShareIKESA(t *testing.T) {
 	r := newRig(t, "private=10.2.0.0/16;clear-or-private=192.0.2.0/24", func(c *Config) { c.InitialLifespan = Duration(time.Minute) })
 	gw := gateway(t, "192.0.2.2", 10)
 	for _, d := range []string{"10.2.0.10", "10.2.0.11", "10.2.0.12"} {
-		r.dns.answers[netip.MustParseAddr(d)] = plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}}
+		r.dns.set(netip.MustParseAddr(d), plugins.LookupAnswer{Gateways: []plugins.Gateway{gw}})
 	}
 	child := func(id uint32, name, dst string, use time.Duration) vici.ChildSA {
 		return vici.ChildSA{Name: name, UniqueID: id, State: "INSTALLED", LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{dst + "/32"}, UseIn: use, UseOut: use}
