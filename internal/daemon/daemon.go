@@ -95,6 +95,9 @@ func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
 	api := d.modules.TokenAPI
 	d.mu.Unlock()
 	if api != nil {
+		// The token API's SA table: a full list-sas now and then, in the
+		// background, as a safety net under charon's events.
+		go d.tokens.keepSynced(ctx, tokenResyncInterval)
 		// The token API module runs for obold's whole life; its socket goes
 		// when ctx ends.
 		go func() {
