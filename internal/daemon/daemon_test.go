@@ -220,7 +220,7 @@ func (f *fakeCharon) names() []string {
 	return n
 }
 
-func testConfig(t *testing.T, conns string) *config.Config {
+func testConfig(t testing.TB, conns string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "psk"), []byte("secret\n"), 0o600); err != nil {

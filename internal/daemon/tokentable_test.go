@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/obol-ipsec/obol/plugins"
+	"github.com/obol-ipsec/obol/tokenapi"
 	"github.com/obol-ipsec/obol/vici"
 )
 
@@ -369,5 +370,75 @@ func TestTokenTableBackgroundSync(t *testing.T) {
 	}
 	if len(snap.SAs) != 1 || snap.SAs[0].RemoteTS[0].From != netip.MustParseAddr("10.2.1.0") {
 		t.Errorf("after the background listing: %+v, want child 8 alone", snap.SAs)
+	}
+}
+
+// BenchmarkTokenTableUpdate: what a query waits for after a CHILD_SA
+// rekey (one event), at 10 to 10,000 SAs (500 per IKE_SA, as in
+// e2e BenchmarkTokenQuery): the host's snapshot (converting the one
+// IKE_SA that changed, ordering all) and the module's tokenapi.NewIndex.
+// Metrics: snapshot-us and index-us of the event path; x-full is a full
+// rebuild from a listing (list-sas itself free here, seconds on
+// kernel-libipsec at 10,000) over the event path, measured in the same run.
+func BenchmarkTokenTableUpdate(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("sas=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			f := newFake()
+			d := New(testConfig(b, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err := d.Reconcile(ctx); err != nil {
+				b.Fatal(err)
+			}
+			m := &charonModel{f: f, rnd: rand.New(rand.NewPCG(1, 2)), lines: map[uint32][]string{}}
+			for i := range n {
+				if i%500 == 0 {
+					id := m.id()
+					f.sas = append(f.sas, vici.IKESA{Name: "obol-a", UniqueID: id, RemoteID: "192.0.2.2"})
+				}
+				last := &f.sas[len(f.sas)-1]
+				last.Children = append(last.Children, m.child(40000+i))
+			}
+			h := d.tokens
+			if _, err := h.TokenSAs(ctx); err != nil {
+				b.Fatal(err)
+			}
+			full := func() time.Duration {
+				fresh := New(testConfig(b, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+				start := time.Now()
+				snap, err := fresh.tokens.TokenSAs(ctx)
+				if err != nil || len(snap.SAs) != n {
+					b.Fatalf("full rebuild: %d SAs, %v", len(snap.SAs), err)
+				}
+				return time.Since(start)
+			}
+			var snapT, indexT, fullT time.Duration
+			rounds := 0
+			for b.Loop() {
+				sa := f.sas[rounds%len(f.sas)]
+				old := sa.Children[0]
+				nc := old
+				nc.UniqueID = m.id()
+				sa.Children = append([]vici.ChildSA{nc}, sa.Children[1:]...)
+				f.sas[rounds%len(f.sas)] = sa
+				old.State = "REKEYED"
+				h.observe(vici.Event{Kind: vici.EventChildRekey, Old: m.with(sa, old), SA: m.with(sa, nc)})
+				start := time.Now()
+				snap, err := h.TokenSAs(ctx)
+				if err != nil || len(snap.SAs) != n {
+					b.Fatalf("%d SAs, %v", len(snap.SAs), err)
+				}
+				mid := time.Now()
+				_ = tokenapi.NewIndex(snap.SAs)
+				indexT += time.Since(mid)
+				snapT += mid.Sub(start)
+				if rounds%10 == 0 {
+					fullT += full() * 10
+				}
+				rounds++
+			}
+			b.ReportMetric(float64(snapT.Microseconds())/float64(rounds), "snapshot-us")
+			b.ReportMetric(float64(indexT.Microseconds())/float64(rounds), "index-us")
+			b.ReportMetric(float64(fullT)/float64(snapT), "x-full")
+		})
 	}
 }
