@@ -241,7 +241,7 @@ func (h *tokenHost) apply(ev vici.Event) (ok bool) {
 		if e != nil {
 			kids = e.sa.Children
 		}
-		kids = without(kids, ch.UniqueID)
+		kids = slices.Clip(without(kids, ch.UniqueID)) // Clip: entries share slices
 		if ch.State == "INSTALLED" {
 			kids = append(kids, ch)
 		}
@@ -258,7 +258,7 @@ func (h *tokenHost) apply(ev vici.Event) (ok bool) {
 		// The old CHILD_SA leaves now (it is REKEYED, and charon reports
 		// no child-updown when it goes).
 		nc := ev.SA.Children[0]
-		kids = without(without(kids, ev.Old.Children[0].UniqueID), nc.UniqueID)
+		kids = slices.Clip(without(without(kids, ev.Old.Children[0].UniqueID), nc.UniqueID))
 		if nc.State == "INSTALLED" {
 			kids = append(kids, nc)
 		}
@@ -270,7 +270,7 @@ func (h *tokenHost) apply(ev vici.Event) (ok bool) {
 		}
 		// The CHILD_SAs move to the new IKE_SA.
 		old := h.ikes[ev.Old.UniqueID]
-		kids := h.childrenOf(ev.SA.UniqueID)
+		kids := slices.Clip(h.childrenOf(ev.SA.UniqueID))
 		if old != nil {
 			for _, c := range old.sa.Children {
 				kids = append(without(kids, c.UniqueID), c)
