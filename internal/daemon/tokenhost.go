@@ -62,6 +62,7 @@ type tokenHost struct {
 	gen      atomic.Uint64
 	connsGen atomic.Uint64 // moves when every conn's auth facts must be read again
 	resyncCh chan struct{} // asks keepSynced for a full list-sas now
+	connCh   chan string   // conns keepSynced reads ahead of the next build
 	syncMu   sync.Mutex    // one full list-sas at a time
 
 	cacheMu  sync.Mutex
@@ -118,7 +119,7 @@ type keyLookup struct {
 
 func newTokenHost(d *Daemon) *tokenHost {
 	return &tokenHost{d: d, auth: map[uint32]*tokenapi.AuthLog{}, certKeys: map[uint32]keyLookup{},
-		ikes: map[uint32]*ikeEntry{}, resyncCh: make(chan struct{}, 1)}
+		ikes: map[uint32]*ikeEntry{}, resyncCh: make(chan struct{}, 1), connCh: make(chan string, 64)}
 }
 
 // invalidate moves the generation; forget also drops the conns' auth facts
@@ -169,6 +170,10 @@ func (h *tokenHost) observe(ev vici.Event) {
 		// The conn may have been reloaded with other keys: read it again
 		// (once per IKE_SA, never per query).
 		h.forgetConns = append(h.forgetConns, ev.SA.Name)
+		select {
+		case h.connCh <- ev.SA.Name: // read it now, not in the next query
+		default:
+		}
 	case ev.Kind == vici.EventIKERekey && ev.Old != nil && ev.SA != nil:
 		// A rekeyed IKE_SA is not authenticated again: the new one
 		// inherits the old one's evidence.
@@ -356,6 +361,9 @@ func (h *tokenHost) keepSynced(ctx context.Context, every time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
+		case conn := <-h.connCh:
+			h.prefetchConn(ctx, conn)
+			continue
 		case <-t.C:
 		case <-h.resyncCh:
 		}
@@ -363,6 +371,32 @@ func (h *tokenHost) keepSynced(ctx context.Context, every time.Duration) {
 			h.d.log.Warn("token API: the periodic list-sas failed; the SAs stay as charon's events left them", "err", err)
 		}
 	}
+}
+
+// prefetchConn reads a conn whose IKE_SA just came up (list-conns, and
+// list-certs for its keys) outside any lock, so the next query does not
+// wait for charon for it. It stands for that IKE_SA's forgetConns entry.
+func (h *tokenHost) prefetchConn(ctx context.Context, conn string) {
+	cg := h.connsGen.Load()
+	_, isOE := h.oeFacts()[conn]
+	ca := h.readConn(ctx, conn, isOE)
+	if ca.failed {
+		return // the build reads it again
+	}
+	h.cacheMu.Lock()
+	defer h.cacheMu.Unlock()
+	h.mu.Lock()
+	if i := slices.Index(h.forgetConns, conn); i >= 0 {
+		h.forgetConns = slices.Delete(h.forgetConns, i, i+1)
+	}
+	h.mu.Unlock()
+	if h.connsGen.Load() != cg {
+		return // every conn was forgotten while it was read
+	}
+	if h.conns == nil || h.connsAt != cg {
+		h.conns, h.connsAt = map[string]*connAuth{}, cg
+	}
+	h.conns[conn] = ca
 }
 
 // TokenSAs lists the installed CHILD_SAs with their peer's evidence, newest

@@ -442,3 +442,48 @@ func BenchmarkTokenTableUpdate(b *testing.B) {
 		})
 	}
 }
+
+// A new IKE_SA's conn is read in the background when it comes up, so the
+// query after it does not wait for list-conns.
+func TestTokenTableConnReadAhead(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFake()
+	d := New(testConfig(t, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := d.tokens
+	if _, err := h.TokenSAs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go h.keepSynced(ctx, time.Hour)
+	sa := vici.IKESA{Name: "obol-b", UniqueID: 5, RemoteID: "192.0.2.3", Children: []vici.ChildSA{{Name: "net", UniqueID: 9, State: "INSTALLED",
+		Protocol: "ESP", Mode: "TUNNEL", LocalTS: []string{"10.1.0.0/24"}, RemoteTS: []string{"10.3.0.0/24"}}}}
+	before := f.count("list-conns")
+	h.observe(vici.Event{Kind: vici.EventIKEUpDown, Up: true, SA: &vici.IKESA{Name: sa.Name, UniqueID: sa.UniqueID, RemoteID: sa.RemoteID}})
+	h.observe(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: &sa})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h.mu.Lock()
+		pending := len(h.forgetConns)
+		h.mu.Unlock()
+		if pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the conn was not read ahead within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := f.count("list-conns") - before; n != 1 {
+		t.Fatalf("read ahead: list-conns %d times, want 1", n)
+	}
+	snap, err := h.TokenSAs(ctx)
+	if err != nil || len(snap.SAs) != 1 || snap.SAs[0].Peer.Evidence.ConnClass != "pre-shared key" {
+		t.Fatalf("snapshot %+v, %v", snap, err)
+	}
+	if n := f.count("list-conns") - before; n != 1 {
+		t.Errorf("the query read the conn again: list-conns %d times", n)
+	}
+}
