@@ -3,6 +3,7 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -305,6 +306,11 @@ func (h *tokenHost) putIKE(sa vici.IKESA, children []vici.ChildSA) {
 // resetTable replaces the table with a listing; mu is held.
 func (h *tokenHost) resetTable(sas []vici.IKESA) {
 	h.ikes = make(map[uint32]*ikeEntry, len(sas))
+	h.putListed(sas)
+}
+
+// putListed stores listed IKE_SAs with their installed children; mu is held.
+func (h *tokenHost) putListed(sas []vici.IKESA) {
 	for _, sa := range sas {
 		var kids []vici.ChildSA
 		for _, c := range sa.Children {
@@ -329,13 +335,18 @@ func without(children []vici.ChildSA, id uint32) []vici.ChildSA {
 
 // fullSync replaces the table with one list-sas, then applies again the
 // events that arrived while it ran (they may be newer than the listing).
-func (h *tokenHost) fullSync(ctx context.Context) error {
+func (h *tokenHost) fullSync(ctx context.Context) error { return h.syncSAs(ctx, "") }
+
+// syncSAs lists the IKE_SAs of conn (all of them for "") and makes the
+// table agree with the listing for them, then applies again the events
+// that arrived while it ran.
+func (h *tokenHost) syncSAs(ctx context.Context, conn string) error {
 	h.syncMu.Lock()
 	defer h.syncMu.Unlock()
 	h.mu.Lock()
 	h.replay = []vici.Event{}
 	h.mu.Unlock()
-	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{})
+	sas, err := h.d.charon.ListSAs(ctx, vici.SASelector{IKE: conn})
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	replay := h.replay
@@ -343,13 +354,35 @@ func (h *tokenHost) fullSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.resetTable(sas)
-	h.synced = true
+	if conn == "" {
+		h.resetTable(sas)
+		h.synced = true
+	} else {
+		for id, e := range h.ikes {
+			if e.sa.Name == conn {
+				delete(h.ikes, id)
+			}
+		}
+		h.putListed(sas)
+	}
 	for _, ev := range replay {
 		h.apply(ev)
 	}
 	h.gen.Add(1)
 	return nil
+}
+
+// coveringNow is the SA covering f right after charon said it brought one
+// up for conn: the table's, or, when charon's event has not reached obold
+// yet, one list-sas of conn's IKE_SAs.
+func (h *tokenHost) coveringNow(ctx context.Context, f plugins.TokenFlow, conn string) (plugins.TokenSA, bool, error) {
+	if sa, ok, err := h.covering(ctx, f); err != nil || ok || conn == "" {
+		return sa, ok, err
+	}
+	if err := h.syncSAs(ctx, conn); err != nil {
+		return plugins.TokenSA{}, false, fmt.Errorf("list-sas of conn %s: %w", conn, err)
+	}
+	return h.covering(ctx, f)
 }
 
 // keepSynced runs the background full listings until ctx ends: every

@@ -487,3 +487,44 @@ func TestTokenTableConnReadAhead(t *testing.T) {
 		t.Errorf("the query read the conn again: list-conns %d times", n)
 	}
 }
+
+// Right after charon brought an SA up (PROTECT), its event may not have
+// reached obold yet: one list-sas of that conn finds the SA.
+func TestTokenTableCoveringNow(t *testing.T) {
+	ctx := context.Background()
+	f := newFake()
+	d := New(testConfig(t, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := d.tokens
+	other := vici.IKESA{Name: "obol-b", UniqueID: 1, RemoteID: "192.0.2.3", Children: []vici.ChildSA{{Name: "net", UniqueID: 1, State: "INSTALLED",
+		Protocol: "ESP", Mode: "TUNNEL", LocalTS: []string{"10.1.0.0/24"}, RemoteTS: []string{"10.3.0.0/24"}}}}
+	f.sas = []vici.IKESA{other}
+	if _, err := h.TokenSAs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.sas = append(f.sas, vici.IKESA{Name: "obol-a", UniqueID: 2, RemoteID: "192.0.2.2", Children: []vici.ChildSA{{Name: "net", UniqueID: 2, State: "INSTALLED",
+		Protocol: "ESP", Mode: "TUNNEL", LocalTS: []string{"10.1.0.0/24"}, RemoteTS: []string{"10.2.0.0/24"}}}})
+	f.mu.Unlock()
+	flow := plugins.TokenFlow{Local: netip.MustParseAddrPort("10.1.0.5:4000"), Remote: netip.MustParseAddrPort("10.2.0.7:443"), Protocol: 6}
+	if _, ok, _ := h.covering(ctx, flow); ok {
+		t.Fatal("the table knew the SA before any event or listing")
+	}
+	before := f.count("list-sas")
+	sa, ok, err := h.coveringNow(ctx, flow, "obol-a")
+	if err != nil || !ok || sa.Peer.RemoteID != "192.0.2.2" {
+		t.Fatalf("coveringNow = %+v, %v, %v", sa, ok, err)
+	}
+	if n := f.count("list-sas") - before; n != 1 {
+		t.Errorf("list-sas %d times, want 1", n)
+	}
+	if snap, _ := h.TokenSAs(ctx); len(snap.SAs) != 2 {
+		t.Errorf("the other conn's SA went: %+v", snap.SAs)
+	}
+	// Found in the table: no list-sas.
+	if _, ok, _ := h.coveringNow(ctx, flow, "obol-a"); !ok || f.count("list-sas")-before != 1 {
+		t.Errorf("an SA in the table was listed again (list-sas %d)", f.count("list-sas")-before)
+	}
+}
