@@ -290,7 +290,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg *config.Config, modules plugins
 	}
 	d.cfg = cfg
 	d.mu.Unlock()
-	d.tokens.invalidate(true)
+	d.tokens.forgetConnAuth()
 	if len(keep) > 0 {
 		d.log.Warn("these settings change only when obold restarts; keeping the old values", "keys", keep)
 	}

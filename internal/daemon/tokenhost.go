@@ -123,13 +123,11 @@ func newTokenHost(d *Daemon) *tokenHost {
 		ikes: map[uint32]*ikeEntry{}, resyncCh: make(chan struct{}, 1), connCh: make(chan string, 64)}
 }
 
-// invalidate moves the generation; forget also drops the conns' auth facts
-// (a reload or a new charon may have changed the conns), so every IKE_SA
-// is converted again (without a list-sas).
-func (h *tokenHost) invalidate(forget bool) {
-	if forget {
-		h.connsGen.Add(1)
-	}
+// forgetConnAuth drops every conn's auth facts (a reload may have changed
+// the conns, the PSKs obold loaded, OE's facts) and moves the generation:
+// every IKE_SA is converted again at the next query, without a list-sas.
+func (h *tokenHost) forgetConnAuth() {
+	h.connsGen.Add(1)
 	h.mu.Lock()
 	h.gen.Add(1)
 	h.mu.Unlock()

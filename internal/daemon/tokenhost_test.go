@@ -21,7 +21,8 @@ import (
 	"github.com/obol-ipsec/obol/vici"
 )
 
-// The token query path asks charon once per change, not once per query.
+// The token query path asks charon for the SAs once (the first snapshot),
+// not per change and not per query: events carry the changes.
 func TestTokenHostCache(t *testing.T) {
 	f := newFake()
 	d := New(testConfig(t, twoConns), f, plugins.Modules{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
