@@ -66,7 +66,8 @@ const benchCharonConf = `	threads = 48
 // per size: p50-us and p99-us of a query, qps (both clients together), and
 // x-vici / x-swanctl (baseline median time / token median time), and
 // first-ms: the first query after the set grew, which waits for obold to
-// rebuild its SA snapshot with one list-sas. The sub-benchmark "whynot"
+// convert the new IKE_SAs (from its event-fed table, no list-sas) and the
+// module to re-index. The sub-benchmark "whynot"
 // queries a flow no SA covers at 10,000 SAs. The clients' TCP connections
 // are set up through the first SA (libipsec drops what no SA carries).
 func BenchmarkTokenQuery(b *testing.B) {
@@ -80,9 +81,9 @@ func BenchmarkTokenQuery(b *testing.B) {
 	defer set.close()
 
 	sock := filepath.Join(ha.Dir, "token.sock")
-	// request_timeout: the first query after the set grew waits for obold's
-	// snapshot rebuild, one list-sas, which takes seconds at 10,000 SAs
-	// with kernel-libipsec (see grow).
+	// request_timeout: a margin. A query waits for a list-sas (seconds at
+	// 10,000 SAs with kernel-libipsec, see grow) only for obold's very first
+	// snapshot; after that obold's table follows charon's events.
 	startObold(b, ha, fmt.Sprintf("[tokenapi]\nenabled = true\nsocket = %q\nrequest_timeout = \"60s\"\n", sock))
 
 	// hostb accepts on the first SA's port; hosta's two clients each dial
@@ -120,9 +121,10 @@ func BenchmarkTokenQuery(b *testing.B) {
 
 	for _, n := range benchSizes {
 		set.grow(ctx, n)
-		// The first query after the SAs changed rebuilds obold's snapshot
-		// (one list-sas); a real program meets that once per change, not
-		// per query. Check the answer while at it: the SA is found.
+		// The first query after the SAs changed waits for obold's snapshot
+		// (the new IKE_SAs converted) and the module's re-index; a real
+		// program meets that once per change, not per query. Check the
+		// answer while at it: the SA is found.
 		var rebuild time.Duration
 		for i := range clients {
 			t0 := time.Now()

@@ -105,19 +105,7 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 			best = i
 		}
 	}
-	remote := f.Remote.Addr().Unmap()
-	for _, i := range ix.byRemotePort[hostPort{remote, f.Remote.Port()}] {
-		try(i)
-	}
-	for _, i := range ix.byLocalPort[hostPort{remote, f.Local.Port()}] {
-		try(i)
-	}
-	for _, i := range ix.byRemote[remote] {
-		try(i)
-	}
-	for _, i := range ix.wide {
-		try(i)
-	}
+	ix.candidates(f, try)
 	if best < 0 {
 		return TokenSA{}, false
 	}
@@ -163,12 +151,7 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 		}
 		n++
 	}
-	for _, i := range ix.byRemote[f.Remote.Addr().Unmap()] {
-		consider(i)
-	}
-	for _, i := range ix.wide {
-		consider(i)
-	}
+	ix.candidates(f, consider)
 	switch {
 	case best.i < 0:
 		return TokenSA{}, nil, false
@@ -190,12 +173,7 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 			cover = append(cover, pick{i: i, spec: specificity(sa.LocalTS, f.Local, f.Protocol) + specificity(sa.RemoteTS, f.Remote, f.Protocol)})
 		}
 	}
-	for _, i := range ix.byRemote[f.Remote.Addr().Unmap()] {
-		collect(i)
-	}
-	for _, i := range ix.wide {
-		collect(i)
-	}
+	ix.candidates(f, collect)
 	slices.SortFunc(cover, func(a, b pick) int {
 		if a.spec != b.spec {
 			return b.spec - a.spec
@@ -211,6 +189,26 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 		}
 	}
 	return ix.sas[best.i], cands, true
+}
+
+// candidates calls try with every SA that may cover f: those kept under
+// f's remote host and ports, and the wide ones (an SA sits in one of these
+// lists; one with two selectors on the same host and port may come twice,
+// which changes no answer).
+func (ix *Index) candidates(f Flow, try func(int)) {
+	remote := f.Remote.Addr().Unmap()
+	for _, i := range ix.byRemotePort[hostPort{remote, f.Remote.Port()}] {
+		try(i)
+	}
+	for _, i := range ix.byLocalPort[hostPort{remote, f.Local.Port()}] {
+		try(i)
+	}
+	for _, i := range ix.byRemote[remote] {
+		try(i)
+	}
+	for _, i := range ix.wide {
+		try(i)
+	}
 }
 
 // specificity scores the most specific selector of list that covers ap:

@@ -115,6 +115,20 @@ func TestIndexFindMatchesScan(t *testing.T) {
 			if got := sa.Child.Name; ok != (want != "") || got != want {
 				t.Fatalf("round %d: Find(%v) = %q, %v; a scan finds %q\nSAs: %+v", round, f, got, ok, want, sas)
 			}
+			// FindLabeled (no labels here): the most specific covering
+			// SA, the first among equals, wherever the index keeps it.
+			wantL, bestSpec := "", -1
+			for _, sa := range sas {
+				if coveredBy(sa.LocalTS, f.Local, f.Protocol) && coveredBy(sa.RemoteTS, f.Remote, f.Protocol) {
+					if s := specificity(sa.LocalTS, f.Local, f.Protocol) + specificity(sa.RemoteTS, f.Remote, f.Protocol); s > bestSpec {
+						wantL, bestSpec = sa.Child.Name, s
+					}
+				}
+			}
+			sa, _, ok = ix.FindLabeled(f)
+			if got := sa.Child.Name; ok != (wantL != "") || got != wantL {
+				t.Fatalf("round %d: FindLabeled(%v) = %q, %v; a scan finds %q\nSAs: %+v", round, f, got, ok, wantL, sas)
+			}
 		}
 	}
 }

@@ -95,6 +95,9 @@ func (d *Daemon) Run(ctx context.Context, events <-chan vici.Event) error {
 	api := d.modules.TokenAPI
 	d.mu.Unlock()
 	if api != nil {
+		// The token API's SA table: a full list-sas now and then, in the
+		// background, as a safety net under charon's events.
+		go d.tokens.keepSynced(ctx, tokenResyncInterval)
 		// The token API module runs for obold's whole life; its socket goes
 		// when ctx ends.
 		go func() {
@@ -287,7 +290,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg *config.Config, modules plugins
 	}
 	d.cfg = cfg
 	d.mu.Unlock()
-	d.tokens.invalidate(true)
+	d.tokens.forgetConnAuth()
 	if len(keep) > 0 {
 		d.log.Warn("these settings change only when obold restarts; keeping the old values", "keys", keep)
 	}

@@ -36,6 +36,9 @@ type fakeCharon struct {
 	certs   []vici.Cert       // list-certs; Subject filters X.509 entries too
 	// certsErr makes list-certs fail alone.
 	certsErr error
+	// listHook runs inside list-sas, after the listing was taken (events
+	// charon sends while a listing is on its way).
+	listHook func()
 }
 
 func newFake() *fakeCharon {
@@ -98,6 +101,9 @@ func (f *fakeCharon) ListSAs(_ context.Context, sel vici.SASelector) ([]vici.IKE
 		if sel.IKE == "" || sa.Name == sel.IKE {
 			out = append(out, sa)
 		}
+	}
+	if f.listHook != nil {
+		f.listHook()
 	}
 	return out, f.rec("list-sas")
 }
@@ -214,7 +220,7 @@ func (f *fakeCharon) names() []string {
 	return n
 }
 
-func testConfig(t *testing.T, conns string) *config.Config {
+func testConfig(t testing.TB, conns string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "psk"), []byte("secret\n"), 0o600); err != nil {

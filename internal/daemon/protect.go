@@ -76,8 +76,7 @@ func (h *tokenHost) Protect(ctx context.Context, r plugins.TokenProtect) (plugin
 		case t.State == oe.StateFailed:
 			return why(out, oeReason(t.Reason), t.Reason), nil
 		default:
-			h.invalidate(false)
-			if sa, ok, err := h.covering(ctx, f); err == nil && ok {
+			if sa, ok, err := h.coveringNow(ctx, f, t.Conn); err == nil && ok {
 				h.outer(ctx, &out, sa)
 			}
 			return out, nil
@@ -98,8 +97,7 @@ func (h *tokenHost) initiate(ctx context.Context, out plugins.TokenProtectOutcom
 		}
 		return why(out, reason, fmt.Sprintf("initiating conn %s child %s: %v", conn, child, err)), nil
 	}
-	h.invalidate(false)
-	if sa, ok, err := h.covering(ctx, f); err == nil && ok {
+	if sa, ok, err := h.coveringNow(ctx, f, conn); err == nil && ok {
 		h.outer(ctx, &out, sa)
 	}
 	return out, nil
