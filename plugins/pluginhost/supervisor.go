@@ -29,7 +29,7 @@ import (
 // Spec says how to run one module plugin.
 type Spec struct {
 	// Kind is the contract the binary serves: "resolver", "labels", "xfrm",
-	// "auth".
+	// "auth", "tokenapi".
 	Kind string
 	// Path is the plugin binary; Args its arguments.
 	Path string
@@ -73,6 +73,7 @@ func pluginSet() goplugin.PluginSet {
 		plugins.KindLabels:   &plugins.LabelPolicyPlugin{},
 		plugins.KindXFRM:     &plugins.XFRMCheckerPlugin{},
 		plugins.KindAuth:     &plugins.AuthMethodPlugin{},
+		plugins.KindTokenAPI: &plugins.TokenAPIPlugin{},
 	}
 }
 
@@ -110,7 +111,7 @@ type Status struct {
 func Start(ctx context.Context, spec Spec) (*Supervisor, error) {
 	spec = spec.withDefaults()
 	if _, ok := pluginSet()[spec.Kind]; !ok {
-		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels, xfrm or auth", spec.Kind)
+		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels, xfrm, auth or tokenapi", spec.Kind)
 	}
 	s := &Supervisor{spec: spec, log: spec.Log.With("module", spec.Kind, "plugin", spec.Path)}
 	s.mu.Lock()
@@ -269,6 +270,12 @@ func (s *Supervisor) ok() {
 	s.mu.Lock()
 	s.failures = 0
 	s.mu.Unlock()
+}
+
+func (s *Supervisor) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // Status reports the plugin's state.
