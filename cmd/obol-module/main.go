@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/obol-ipsec/obol/internal/config"
@@ -20,6 +21,7 @@ import (
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/tokenapi"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
@@ -29,7 +31,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "/etc/obol/obold.toml", "obold's TOML config (the module's section is read from it)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: obol-module [--config FILE] resolver|labels|xfrm  (started by obold as a go-plugin, not by hand)")
+		fmt.Fprintln(stderr, "usage: obol-module [--config FILE] resolver|labels|xfrm|tokenapi  (started by obold as a go-plugin, not by hand)")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -67,8 +69,16 @@ func run(args []string, stderr io.Writer) int {
 		m.Labels = lp
 	case plugins.KindXFRM:
 		m.XFRM = &xfrm.Checker{Kernel: xfrm.Netlink{}}
+	case plugins.KindTokenAPI:
+		// The module listens on [tokenapi] socket in this process and asks
+		// obold's TokenHost over the plugin connection.
+		if !cfg.TokenAPI.Enabled {
+			fmt.Fprintln(stderr, "obol-module: tokenapi: [tokenapi] is not enabled in the config")
+			return 1
+		}
+		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: slog.New(slog.NewTextHandler(stderr, nil)).With("module", "tokenapi")}
 	default:
-		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels or xfrm\n", kind)
+		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels, xfrm or tokenapi\n", kind)
 		return 2
 	}
 	plugins.Serve(m)

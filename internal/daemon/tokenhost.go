@@ -34,6 +34,8 @@ type tokenHost struct {
 	// index while gen stays, and the first query after a move rebuilds the
 	// snapshot with one list-sas.
 	gen     atomic.Uint64
+	genMu   sync.Mutex
+	genMove chan struct{} // closed when gen moves (GenerationMoved), nil when nobody waits
 	cacheMu sync.Mutex
 	cache   plugins.TokenSnapshot
 	built   bool                 // cache holds a snapshot (of generation cache.Generation)
@@ -71,6 +73,12 @@ func newTokenHost(d *Daemon) *tokenHost {
 // (a reload or a new charon may have changed the conns).
 func (h *tokenHost) invalidate(forget bool) {
 	h.gen.Add(1)
+	h.genMu.Lock()
+	if h.genMove != nil {
+		close(h.genMove)
+		h.genMove = nil
+	}
+	h.genMu.Unlock()
 	if forget {
 		h.cacheMu.Lock()
 		h.conns = nil
@@ -82,6 +90,24 @@ var _ plugins.TokenHost = (*tokenHost)(nil)
 
 // Generation implements plugins.TokenHost.
 func (h *tokenHost) Generation() uint64 { return h.gen.Load() }
+
+var _ plugins.TokenGenerationWatcher = (*tokenHost)(nil)
+
+// GenerationMoved implements plugins.TokenGenerationWatcher: a token API
+// plugin learns of a move at once, without polling.
+func (h *tokenHost) GenerationMoved(g uint64) <-chan struct{} {
+	h.genMu.Lock()
+	defer h.genMu.Unlock()
+	if h.gen.Load() != g {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if h.genMove == nil {
+		h.genMove = make(chan struct{})
+	}
+	return h.genMove
+}
 
 // observe feeds charon's events: log lines become authentication evidence
 // per IKE_SA; a deleted IKE_SA's evidence is dropped.

@@ -2,7 +2,7 @@ package pluginstest
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
