@@ -15,6 +15,7 @@ import (
 	"github.com/obol-ipsec/obol/e2e/lab"
 	"github.com/obol-ipsec/obol/internal/oe"
 	"github.com/obol-ipsec/obol/tokenapi/client"
+	tokenwire "github.com/obol-ipsec/obol/tokenapi/wire"
 )
 
 // pluginChildren lists the pids of obol-module processes obold started.
@@ -140,7 +141,6 @@ func TestTokenAPIPlugin(t *testing.T) {
 		sock, filepath.Join(binDir, "obol-module"), cfgA))
 	oa.allowErrors = []string{"module plugin failed", "the plugin process exited", "token API plugin", "tokenapi plugin"}
 	startObold(t, hb, "")
-	swanctl(t, ha, "--initiate", "--child", "host")
 
 	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7003")
 	if err != nil {
@@ -185,6 +185,28 @@ func TestTokenAPIPlugin(t *testing.T) {
 		}
 		t.Logf("%s: %s | %s", what, pt.Audit, it.Audit)
 	}
+	// Before the tunnel: the plugin's answer is obold's WhyNot, over
+	// the brokered TokenHost.
+	{
+		c, err := pluginDial(ctx, sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := ha.Dial(ctx, "tcp", "192.0.2.12:7003")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := c.PToken(ctx, conn.(*net.TCPConn))
+		conn.Close()
+		c.Close()
+		if err != nil || pt.Protected || pt.Why == tokenwire.ReasonNone || pt.WhyText == "" {
+			t.Fatalf("before the tunnel: %+v, %v", pt, err)
+		}
+		t.Logf("before the tunnel: %s: %s", pt.Why, pt.WhyText)
+	}
+	// The tunnel comes up: obold's generation moves, the Watch stream
+	// tells the plugin, and its next query sees the SA.
+	swanctl(t, ha, "--initiate", "--child", "host")
 	query("plugin")
 
 	pids := pluginChildren(t, oa.proc.PID)
@@ -217,10 +239,35 @@ func TestTokenAPIPlugin(t *testing.T) {
 		t.Fatalf("the restarted plugin does not listen on %s: %v", sock, lastErr)
 	}
 	query("restarted plugin")
+
+	// A reload keeps the running token API plugin (its socket and
+	// clients): the same process answers after it.
+	running := pluginChildren(t, oa.proc.PID)
+	if err := oa.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	oa.waitLog("reloaded", 10*time.Second)
+	if after := pluginChildren(t, oa.proc.PID); len(after) != 1 || len(running) != 1 || after[0] != running[0] {
+		t.Fatalf("token API plugin across a reload: %v before, %v after; want the same one process", running, after)
+	}
+	query("after a reload")
 	st, err := oa.status()
 	if err != nil || !strings.Contains(st.Obold.Modules["tokenapi"], "plugin "+filepath.Join(binDir, "obol-module")) ||
 		!strings.Contains(st.Obold.Modules["tokenapi"], "restarts 1") {
 		t.Errorf("obolctl status after the restart: modules %v, err %v", st.Obold.Modules, err)
 	}
 	oa.stop()
+}
+
+// pluginDial connects to a token API socket a plugin process may still be
+// opening.
+func pluginDial(ctx context.Context, sock string) (*client.Client, error) {
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var c *client.Client
+		if c, err = client.Dial(ctx, sock); err == nil {
+			return c, nil
+		}
+	}
+	return nil, err
 }
