@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/obol-ipsec/obol/internal/config"
 	"github.com/obol-ipsec/obol/internal/labels"
@@ -76,11 +77,30 @@ func run(args []string, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "obol-module: tokenapi: [tokenapi] is not enabled in the config")
 			return 1
 		}
-		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: slog.New(slog.NewTextHandler(stderr, nil)).With("module", "tokenapi")}
+		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: pluginLog(stderr)}
 	default:
 		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels, xfrm or tokenapi\n", kind)
 		return 2
 	}
 	plugins.Serve(m)
 	return 0
+}
+
+// pluginLog writes slog records as go-plugin's JSON lines (@level,
+// @message), which obold logs at their level with their fields.
+func pluginLog(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) > 0 {
+			return a
+		}
+		switch a.Key {
+		case slog.TimeKey:
+			return slog.Attr{}
+		case slog.LevelKey:
+			return slog.String("@level", strings.ToLower(a.Value.String()))
+		case slog.MessageKey:
+			return slog.String("@message", a.Value.String())
+		}
+		return a
+	}}))
 }

@@ -368,13 +368,19 @@ func (l lineLogger) Write(p []byte) (int, error) {
 		if line == "" {
 			continue
 		}
-		var j struct {
-			Level   string `json:"@level"`
-			Message string `json:"@message"`
-		}
-		if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &j) == nil && j.Message != "" {
+		var j map[string]any
+		if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &j) == nil && j["@message"] != nil {
 			lvl := slog.LevelInfo
-			switch j.Level {
+			level, _ := j["@level"].(string)
+			msg, _ := j["@message"].(string)
+			// The line's other fields (err, ...) go along as attributes.
+			var attrs []any
+			for k, v := range j {
+				if !strings.HasPrefix(k, "@") {
+					attrs = append(attrs, k, v)
+				}
+			}
+			switch level {
 			case "trace", "debug":
 				lvl = slog.LevelDebug
 			case "warn":
@@ -382,7 +388,7 @@ func (l lineLogger) Write(p []byte) (int, error) {
 			case "error":
 				lvl = slog.LevelError
 			}
-			l.log.Log(context.Background(), lvl, "module plugin: "+j.Message)
+			l.log.Log(context.Background(), lvl, "module plugin: "+msg, attrs...)
 			continue
 		}
 		l.log.Warn("module plugin stderr", "line", line)
