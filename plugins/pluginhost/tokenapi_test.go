@@ -104,3 +104,41 @@ func dialConn(t testing.TB, h *pluginstest.TokenHostFixture) syscall.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// plainHost hides the fixture's change stream and generation notices: a
+// host with neither is polled (plugins.GenerationPollEvery).
+type plainHost struct{ plugins.TokenHost }
+
+// With a host that neither notifies nor streams changes, a generation move
+// still reaches the plugin (by obold's poll).
+func TestTokenAPIPluginPolledHost(t *testing.T) {
+	h := pluginstest.NewTokenHostFixture(t)
+	_, sock, _ := startTokenAPI(t, plainHost{h})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := pluginstest.DialToken(t, sock)
+	conn, err := net.DialTCP("tcp4", nil, h.Late.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if pt, err := c.PToken(ctx, conn); err != nil || pt.Protected {
+		t.Fatalf("before the SA: %+v, %v", pt, err)
+	}
+	h.AddLate()
+	// One poll period, then the stream message: well under a second.
+	deadline := time.Now().Add(time.Second)
+	for {
+		pt, err := c.PToken(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt.Protected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("1s after the generation moved the plugin still answers %+v", pt)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
