@@ -5,6 +5,9 @@
 //	plugin = "/usr/libexec/obol/obol-module"
 //	args = ["--config", "/etc/obol/obold.toml", "resolver"]
 //
+// With "tokenapi" it runs the token API module: it listens on [tokenapi]
+// socket itself and asks obold about SAs over the plugin connection.
+//
 // It isolates a module in its own process (its own crashes, memory and
 // privileges) at the cost of an RPC per call; obold starts it, never a user.
 package main
