@@ -107,6 +107,10 @@ func (h *TokenHostFixture) AddLate() {
 // Snapshots counts TokenSAs calls.
 func (h *TokenHostFixture) Snapshots() int { return int(h.snapshots.Load()) }
 
+// HostCalls counts the calls that can be RPCs in plugin form (TokenSAs
+// and WhyNot; Generation is streamed).
+func (h *TokenHostFixture) HostCalls() int { return int(h.snapshots.Load() + h.whyNots.Load()) }
+
 // TokenSAs implements plugins.TokenHost.
 func (h *TokenHostFixture) TokenSAs(context.Context) (plugins.TokenSnapshot, error) {
 	h.snapshots.Add(1)
