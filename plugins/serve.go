@@ -10,6 +10,7 @@ const (
 	KindLabels   = "labels"
 	KindXFRM     = "xfrm"
 	KindAuth     = "auth"
+	KindTokenAPI = "tokenapi"
 )
 
 // Serve runs a module plugin binary: call it from main with the contracts
@@ -28,6 +29,9 @@ func ServeWith(m Modules, auth AuthMethod) {
 	}
 	if m.XFRM != nil {
 		set[KindXFRM] = &XFRMCheckerPlugin{Impl: m.XFRM}
+	}
+	if m.TokenAPI != nil {
+		set[KindTokenAPI] = &TokenAPIPlugin{Impl: m.TokenAPI}
 	}
 	if auth != nil {
 		set[KindAuth] = &AuthMethodPlugin{Impl: auth}

@@ -186,3 +186,13 @@ func (ts TrafficSelector) Covers(ap netip.AddrPort, proto uint8) bool {
 	}
 	return ap.Port() >= ts.FromPort && ap.Port() <= ts.ToPort
 }
+
+// TokenGenerationWatcher is optional for a TokenHost: it tells at once
+// when Generation moves, so a token API module served as a plugin learns it
+// from one stream instead of polling obold. Hosts without it are polled
+// every GenerationPollEvery.
+type TokenGenerationWatcher interface {
+	// GenerationMoved returns a channel that is closed once Generation
+	// differs from g (at once when it already does).
+	GenerationMoved(g uint64) <-chan struct{}
+}

@@ -5,6 +5,9 @@
 //	plugin = "/usr/libexec/obol/obol-module"
 //	args = ["--config", "/etc/obol/obold.toml", "resolver"]
 //
+// With "tokenapi" it runs the token API module: it listens on [tokenapi]
+// socket itself and asks obold about SAs over the plugin connection.
+//
 // It isolates a module in its own process (its own crashes, memory and
 // privileges) at the cost of an RPC per call; obold starts it, never a user.
 package main
@@ -13,13 +16,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/obol-ipsec/obol/internal/config"
 	"github.com/obol-ipsec/obol/internal/labels"
 	"github.com/obol-ipsec/obol/internal/xfrm"
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/resolver"
+	"github.com/obol-ipsec/obol/tokenapi"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
@@ -29,7 +35,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "/etc/obol/obold.toml", "obold's TOML config (the module's section is read from it)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: obol-module [--config FILE] resolver|labels|xfrm  (started by obold as a go-plugin, not by hand)")
+		fmt.Fprintln(stderr, "usage: obol-module [--config FILE] resolver|labels|xfrm|tokenapi  (started by obold as a go-plugin, not by hand)")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -67,10 +73,37 @@ func run(args []string, stderr io.Writer) int {
 		m.Labels = lp
 	case plugins.KindXFRM:
 		m.XFRM = &xfrm.Checker{Kernel: xfrm.Netlink{}}
+	case plugins.KindTokenAPI:
+		// The module listens on [tokenapi] socket in this process and asks
+		// obold's TokenHost over the plugin connection.
+		if !cfg.TokenAPI.Enabled {
+			fmt.Fprintln(stderr, "obol-module: tokenapi: [tokenapi] is not enabled in the config")
+			return 1
+		}
+		m.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: pluginLog(stderr)}
 	default:
-		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels or xfrm\n", kind)
+		fmt.Fprintf(stderr, "obol-module: unknown module %q; want resolver, labels, xfrm or tokenapi\n", kind)
 		return 2
 	}
 	plugins.Serve(m)
 	return 0
+}
+
+// pluginLog writes slog records as go-plugin's JSON lines (@level,
+// @message), which obold logs at their level with their fields.
+func pluginLog(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) > 0 {
+			return a
+		}
+		switch a.Key {
+		case slog.TimeKey:
+			return slog.Attr{}
+		case slog.LevelKey:
+			return slog.String("@level", strings.ToLower(a.Value.String()))
+		case slog.MessageKey:
+			return slog.String("@message", a.Value.String())
+		}
+		return a
+	}}))
 }

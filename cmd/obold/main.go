@@ -128,7 +128,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	vopts := vici.Options{Logger: log, CallTimeout: time.Duration(cfg.Charon.CallTimeout)}
 	client := vici.NewClient(cfg.Charon.VICISocket, vopts)
 	defer client.Close()
-	modules, err := buildModules(cfg, log)
+	modules, err := buildModules(cfg, log, moduleSet{})
 	if err != nil {
 		return err
 	}
@@ -136,6 +136,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	defer func() {
 		modMu.Lock()
 		modules.Close()
+		modules.closeTokenAPI()
 		modMu.Unlock()
 	}()
 	d := daemon.New(cfg, client, modules.Modules, log)
@@ -167,7 +168,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 					log.Error("reload refused: the config has errors; keeping the running config", "err", err)
 					continue
 				}
-				nm, err := buildModules(nc, log)
+				modMu.Lock()
+				running := modules
+				modMu.Unlock()
+				nm, err := buildModules(nc, log, running)
 				if err != nil {
 					log.Error("reload refused: a module cannot start with the new config; keeping the running config", "err", err)
 					continue
@@ -206,6 +210,16 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 type moduleSet struct {
 	plugins.Modules
 	closers []io.Closer
+	// tokenAPI ends the token API plugin process. The token API module
+	// runs for obold's whole life (its socket, its clients), so a reload
+	// keeps it and only obold's exit ends it.
+	tokenAPI io.Closer
+}
+
+func (s moduleSet) closeTokenAPI() {
+	if s.tokenAPI != nil {
+		s.tokenAPI.Close()
+	}
 }
 
 // Close ends the set's plugin processes and built-in resources.
@@ -217,11 +231,15 @@ func (s moduleSet) Close() {
 
 // buildModules makes the modules cfg asks for: built in, or as an external
 // go-plugin process where [modules.KIND] names one. obold uses them only
-// through the plugins interfaces.
-func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err error) {
+// through the plugins interfaces. The token API module of running (a
+// reload's current set) is kept, not built again.
+func buildModules(cfg *config.Config, log *slog.Logger, running moduleSet) (set moduleSet, err error) {
 	defer func() {
 		if err != nil {
 			set.Close()
+			if set.tokenAPI != running.tokenAPI {
+				set.closeTokenAPI()
+			}
 		}
 	}()
 	external := func(kind string, p config.Plugin) (*pluginhost.Supervisor, error) {
@@ -266,7 +284,19 @@ func buildModules(cfg *config.Config, log *slog.Logger) (set moduleSet, err erro
 		log.Info("OE auth methods", "methods", chain.Names())
 		set.Resolver = chain
 	}
-	if cfg.TokenAPI.Enabled {
+	switch {
+	case running.TokenAPI != nil:
+		set.TokenAPI, set.tokenAPI = running.TokenAPI, running.tokenAPI
+	case cfg.TokenAPI.Enabled && cfg.Modules.TokenAPI.External():
+		// The plugin listens on [tokenapi] socket itself (it reads the
+		// same config) and asks obold's TokenHost over the connection.
+		s, err := external(plugins.KindTokenAPI, cfg.Modules.TokenAPI)
+		if err != nil {
+			return set, err
+		}
+		set.closers = set.closers[:len(set.closers)-1] // not closed on reload
+		set.TokenAPI, set.tokenAPI = pluginhost.TokenAPI(s), s
+	case cfg.TokenAPI.Enabled:
 		set.TokenAPI = &tokenapi.Module{Config: cfg.TokenAPI.Config.WithDefaults(), Log: log.With("module", "tokenapi")}
 	}
 	if !cfg.Labels.Empty() {

@@ -33,7 +33,7 @@ type Config struct {
 	// TokenAPI is the application token API ([tokenapi]).
 	TokenAPI TokenAPI `toml:"tokenapi"`
 	// Modules says which modules run as external go-plugin processes
-	// ([modules.resolver], [modules.labels], [modules.xfrm]); a module
+	// ([modules.resolver], [modules.labels], [modules.xfrm], [modules.tokenapi]); a module
 	// without a section runs built in.
 	Modules Modules `toml:"modules"`
 	// Auth says how OE peers' keys are found and trusted ([auth]).
@@ -57,6 +57,10 @@ type Modules struct {
 	Resolver Plugin `toml:"resolver"`
 	Labels   Plugin `toml:"labels"`
 	XFRM     Plugin `toml:"xfrm"`
+	// TokenAPI runs the token API module in its own process; it listens
+	// on [tokenapi] socket there and asks obold about SAs over the plugin
+	// connection. It needs [tokenapi] enabled.
+	TokenAPI Plugin `toml:"tokenapi"`
 }
 
 // Plugin is one module run as an external go-plugin binary.
@@ -222,7 +226,7 @@ func (c *Config) resolvePaths() {
 		return filepath.Join(dir, p)
 	}
 	c.OE.KeyFile = abs(c.OE.KeyFile)
-	for _, m := range []*Plugin{&c.Modules.Resolver, &c.Modules.Labels, &c.Modules.XFRM} {
+	for _, m := range []*Plugin{&c.Modules.Resolver, &c.Modules.Labels, &c.Modules.XFRM, &c.Modules.TokenAPI} {
 		m.Path = abs(m.Path)
 	}
 	c.Auth.Static.Dir = abs(c.Auth.Static.Dir)

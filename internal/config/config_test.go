@@ -79,6 +79,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-plugin.toml", []string{`3: plugin "`, `7: is not an executable file`, `8: env entry "NOEQUALS" is not KEY=VALUE`, `10: settings without a plugin`}},
 		{"bad-oe-ipv6.toml", []string{`5: address6 fe80::11 is not a global unicast address`}},
 		{"bad-oe-no-address6.toml", []string{`15: 2001:db8::/32 is IPv6 but [oe] has no IPv6 address for IKE with peers there; add address6`}},
+		{"bad-tokenapi-plugin.toml", []string{`2: a token API plugin without the token API`, `3: plugin "/nonexistent/obol-module"`}},
 		{"bad-lower-group.toml", []string{`6: group "no-such-group-obol" does not exist`}},
 	}
 	for _, tt := range tests {

@@ -86,10 +86,13 @@ func (c *Config) validate() []problem {
 			ps = append(ps, problem{"tokenapi", err.Error() + "; fix [tokenapi]"})
 		}
 	}
+	if c.Modules.TokenAPI.External() && !c.TokenAPI.Enabled {
+		bad("modules.tokenapi", "a token API plugin without the token API: set [tokenapi] enabled = true or remove [modules.tokenapi]")
+	}
 	plugins := []struct {
 		key string
 		p   Plugin
-	}{{"modules.resolver", c.Modules.Resolver}, {"modules.labels", c.Modules.Labels}, {"modules.xfrm", c.Modules.XFRM}}
+	}{{"modules.resolver", c.Modules.Resolver}, {"modules.labels", c.Modules.Labels}, {"modules.xfrm", c.Modules.XFRM}, {"modules.tokenapi", c.Modules.TokenAPI}}
 	for i, ap := range c.Auth.Plugins {
 		if !ap.External() {
 			bad(fmt.Sprintf("auth.plugin[%d].plugin", i), "an auth plugin needs plugin = \"/path/to/binary\"")

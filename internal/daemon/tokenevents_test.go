@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/vici"
@@ -65,5 +66,29 @@ func TestTokenChangesHub(t *testing.T) {
 	}
 	cancel()
 	for range ch {
+	}
+}
+
+// GenerationMoved wakes a waiter when the generation moves, at once when
+// it already has.
+func TestTokenHostGenerationMoved(t *testing.T) {
+	h := newTokenHost(nil)
+	g := h.Generation()
+	ch := h.GenerationMoved(g)
+	select {
+	case <-ch:
+		t.Fatal("woken before the generation moved")
+	default:
+	}
+	h.moveGen()
+	select {
+	case <-ch:
+	case <-time.After(time.Second):
+		t.Fatal("not woken when the generation moved")
+	}
+	select {
+	case <-h.GenerationMoved(g):
+	default:
+		t.Fatal("an old generation does not answer at once")
 	}
 }

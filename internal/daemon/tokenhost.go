@@ -73,6 +73,8 @@ type tokenHost struct {
 	connsAt  uint64               // connsGen the conns were read at
 	conv     map[uint32]*convEntry
 	convConn uint64 // connsGen conv was built at
+	genMu    sync.Mutex
+	genMove  chan struct{} // closed when gen moves (GenerationMoved), nil when nobody waits
 
 	changes changeHub // SA changes for the token API module's events
 }
@@ -129,7 +131,7 @@ func newTokenHost(d *Daemon) *tokenHost {
 func (h *tokenHost) forgetConnAuth() {
 	h.connsGen.Add(1)
 	h.mu.Lock()
-	h.gen.Add(1)
+	h.moveGen()
 	h.mu.Unlock()
 }
 
@@ -137,6 +139,35 @@ var _ plugins.TokenHost = (*tokenHost)(nil)
 
 // Generation implements plugins.TokenHost.
 func (h *tokenHost) Generation() uint64 { return h.gen.Load() }
+
+var _ plugins.TokenGenerationWatcher = (*tokenHost)(nil)
+
+// moveGen moves the generation and wakes a token API plugin's watcher.
+func (h *tokenHost) moveGen() {
+	h.gen.Add(1)
+	h.genMu.Lock()
+	if h.genMove != nil {
+		close(h.genMove)
+		h.genMove = nil
+	}
+	h.genMu.Unlock()
+}
+
+// GenerationMoved implements plugins.TokenGenerationWatcher: a token API
+// plugin learns of a move at once, without polling.
+func (h *tokenHost) GenerationMoved(g uint64) <-chan struct{} {
+	h.genMu.Lock()
+	defer h.genMu.Unlock()
+	if h.gen.Load() != g {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if h.genMove == nil {
+		h.genMove = make(chan struct{})
+	}
+	return h.genMove
+}
 
 // observe feeds charon's events into the SA table; log lines become
 // authentication evidence per IKE_SA; a deleted IKE_SA's evidence is
@@ -160,7 +191,7 @@ func (h *tokenHost) observe(ev vici.Event) {
 			ne := *e
 			ne.stamp = h.stamp
 			h.ikes[ev.Log.IKEID] = &ne
-			h.gen.Add(1)
+			h.moveGen()
 		}
 	case ev.Kind == vici.EventIKEUpDown && !ev.Up && ev.SA != nil:
 		delete(h.auth, ev.SA.UniqueID)
@@ -196,7 +227,7 @@ func (h *tokenHost) observe(ev vici.Event) {
 			default:
 			}
 		}
-		h.gen.Add(1)
+		h.moveGen()
 	}
 	h.mu.Unlock()
 	if c, ok := tokenChange(ev); ok {
@@ -366,7 +397,7 @@ func (h *tokenHost) syncSAs(ctx context.Context, conn string) error {
 	for _, ev := range replay {
 		h.apply(ev)
 	}
-	h.gen.Add(1)
+	h.moveGen()
 	return nil
 }
 

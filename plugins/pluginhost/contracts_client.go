@@ -2,6 +2,9 @@ package pluginhost
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"time"
 
 	"github.com/obol-ipsec/obol/plugins"
 )
@@ -63,3 +66,45 @@ func (r resolver) Describe() string    { return r.s.Describe() }
 func (l labelPolicy) Describe() string { return l.s.Describe() }
 func (x xfrmChecker) Describe() string { return x.s.Describe() }
 func (a authMethod) Describe() string  { return a.s.Describe() }
+
+// TokenAPI is a plugins.TokenAPI run by the supervised plugin. Serve lasts
+// as long as ctx: when the plugin process dies (or its module stops
+// serving), it is restarted with the supervisor's backoff and Serve runs
+// the new process's module, which listens on the socket again; applications
+// reconnect. While nothing changes in obold, the plugin answers token
+// queries from its own index without an RPC (plugins.TokenAPIPlugin).
+func TokenAPI(s *Supervisor) plugins.TokenAPI { return tokenAPI{s} }
+
+type tokenAPI struct{ s *Supervisor }
+
+func (t tokenAPI) Serve(ctx context.Context, host plugins.TokenHost) error {
+	for ctx.Err() == nil {
+		raw, err := t.s.dispense(ctx)
+		if err != nil {
+			if errors.Is(err, ErrDown) && t.s.isClosed() {
+				return err
+			}
+			// Down: the watcher restarts it after the backoff.
+			select {
+			case <-ctx.Done():
+			case <-time.After(watchEvery):
+			}
+			continue
+		}
+		api, ok := raw.(plugins.TokenAPI)
+		if !ok {
+			return fmt.Errorf("pluginhost: %s plugin dispensed %T", t.s.spec.Kind, raw)
+		}
+		err = api.Serve(ctx, host)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("the token API module stopped serving")
+		}
+		t.s.fault(raw, err)
+	}
+	return nil
+}
+
+func (t tokenAPI) Describe() string { return t.s.Describe() }

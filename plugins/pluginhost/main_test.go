@@ -12,6 +12,7 @@ import (
 
 	"github.com/obol-ipsec/obol/plugins"
 	"github.com/obol-ipsec/obol/plugins/pluginstest"
+	"github.com/obol-ipsec/obol/tokenapi"
 )
 
 // The test binary doubles as the plugin: with OBOL_TESTPLUGIN set it serves
@@ -33,6 +34,9 @@ func TestMain(m *testing.M) {
 		}
 		plugins.ServeWith(plugins.Modules{Resolver: misbehaving{r}, Labels: lp, XFRM: pluginstest.XFRMFixture()},
 			pluginstest.AuthFixture(os.Getenv("OBOL_TESTPLUGIN_AUTHDIR")))
+	case "tokenapi":
+		// The built-in module, listening where the test says.
+		plugins.Serve(plugins.Modules{TokenAPI: &tokenapi.Module{Config: tokenapi.Config{Socket: os.Getenv("OBOL_TESTPLUGIN_TOKENSOCK")}.WithDefaults()}})
 	case "badversion":
 		hs := plugins.Handshake
 		hs.ProtocolVersion = plugins.ProtocolVersion + 1

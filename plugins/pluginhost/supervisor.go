@@ -29,7 +29,7 @@ import (
 // Spec says how to run one module plugin.
 type Spec struct {
 	// Kind is the contract the binary serves: "resolver", "labels", "xfrm",
-	// "auth".
+	// "auth", "tokenapi".
 	Kind string
 	// Path is the plugin binary; Args its arguments.
 	Path string
@@ -73,6 +73,7 @@ func pluginSet() goplugin.PluginSet {
 		plugins.KindLabels:   &plugins.LabelPolicyPlugin{},
 		plugins.KindXFRM:     &plugins.XFRMCheckerPlugin{},
 		plugins.KindAuth:     &plugins.AuthMethodPlugin{},
+		plugins.KindTokenAPI: &plugins.TokenAPIPlugin{},
 	}
 }
 
@@ -110,7 +111,7 @@ type Status struct {
 func Start(ctx context.Context, spec Spec) (*Supervisor, error) {
 	spec = spec.withDefaults()
 	if _, ok := pluginSet()[spec.Kind]; !ok {
-		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels, xfrm or auth", spec.Kind)
+		return nil, fmt.Errorf("pluginhost: unknown module kind %q; want resolver, labels, xfrm, auth or tokenapi", spec.Kind)
 	}
 	s := &Supervisor{spec: spec, log: spec.Log.With("module", spec.Kind, "plugin", spec.Path)}
 	s.mu.Lock()
@@ -271,6 +272,12 @@ func (s *Supervisor) ok() {
 	s.mu.Unlock()
 }
 
+func (s *Supervisor) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // Status reports the plugin's state.
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
@@ -361,13 +368,19 @@ func (l lineLogger) Write(p []byte) (int, error) {
 		if line == "" {
 			continue
 		}
-		var j struct {
-			Level   string `json:"@level"`
-			Message string `json:"@message"`
-		}
-		if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &j) == nil && j.Message != "" {
+		var j map[string]any
+		if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &j) == nil && j["@message"] != nil {
 			lvl := slog.LevelInfo
-			switch j.Level {
+			level, _ := j["@level"].(string)
+			msg, _ := j["@message"].(string)
+			// The line's other fields (err, ...) go along as attributes.
+			var attrs []any
+			for k, v := range j {
+				if !strings.HasPrefix(k, "@") {
+					attrs = append(attrs, k, v)
+				}
+			}
+			switch level {
 			case "trace", "debug":
 				lvl = slog.LevelDebug
 			case "warn":
@@ -375,7 +388,7 @@ func (l lineLogger) Write(p []byte) (int, error) {
 			case "error":
 				lvl = slog.LevelError
 			}
-			l.log.Log(context.Background(), lvl, "module plugin: "+j.Message)
+			l.log.Log(context.Background(), lvl, "module plugin: "+msg, attrs...)
 			continue
 		}
 		l.log.Warn("module plugin stderr", "line", line)

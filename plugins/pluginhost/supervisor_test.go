@@ -222,3 +222,17 @@ func TestRestartFailsBacksOff(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// A plugin's JSON log lines are logged at their level with their fields;
+// other lines as warnings.
+func TestLineLogger(t *testing.T) {
+	var buf syncBuffer
+	l := lineLogger{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	l.Write([]byte(`{"@level":"error","@message":"the token API stopped","err":"listen: no such directory"}` + "\npanic: boom\n"))
+	out := buf.String()
+	for _, want := range []string{`level=ERROR msg="module plugin: the token API stopped" err="listen: no such directory"`, `level=WARN msg="module plugin stderr" line="panic: boom"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log %q lacks %q", out, want)
+		}
+	}
+}

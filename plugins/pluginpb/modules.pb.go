@@ -1026,6 +1026,1185 @@ func (x *CheckReply) GetStale() []*Policy {
 	return nil
 }
 
+type TokenServeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostBrokerId  uint32                 `protobuf:"varint,1,opt,name=host_broker_id,json=hostBrokerId,proto3" json:"host_broker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenServeRequest) Reset() {
+	*x = TokenServeRequest{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenServeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenServeRequest) ProtoMessage() {}
+
+func (x *TokenServeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenServeRequest.ProtoReflect.Descriptor instead.
+func (*TokenServeRequest) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TokenServeRequest) GetHostBrokerId() uint32 {
+	if x != nil {
+		return x.HostBrokerId
+	}
+	return 0
+}
+
+type TokenServeReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenServeReply) Reset() {
+	*x = TokenServeReply{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenServeReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenServeReply) ProtoMessage() {}
+
+func (x *TokenServeReply) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenServeReply.ProtoReflect.Descriptor instead.
+func (*TokenServeReply) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{16}
+}
+
+type TrafficSelector struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"` // address
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`     // address of the same family
+	Proto         uint32                 `protobuf:"varint,3,opt,name=proto,proto3" json:"proto,omitempty"`
+	FromPort      uint32                 `protobuf:"varint,4,opt,name=from_port,json=fromPort,proto3" json:"from_port,omitempty"`
+	ToPort        uint32                 `protobuf:"varint,5,opt,name=to_port,json=toPort,proto3" json:"to_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficSelector) Reset() {
+	*x = TrafficSelector{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficSelector) ProtoMessage() {}
+
+func (x *TrafficSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficSelector.ProtoReflect.Descriptor instead.
+func (*TrafficSelector) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TrafficSelector) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *TrafficSelector) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *TrafficSelector) GetProto() uint32 {
+	if x != nil {
+		return x.Proto
+	}
+	return 0
+}
+
+func (x *TrafficSelector) GetFromPort() uint32 {
+	if x != nil {
+		return x.FromPort
+	}
+	return 0
+}
+
+func (x *TrafficSelector) GetToPort() uint32 {
+	if x != nil {
+		return x.ToPort
+	}
+	return 0
+}
+
+type TokenChild struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IkeName       string                 `protobuf:"bytes,1,opt,name=ike_name,json=ikeName,proto3" json:"ike_name,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Protocol      string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"` // "ESP" or "AH"
+	Mode          string                 `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	EncrAlg       string                 `protobuf:"bytes,5,opt,name=encr_alg,json=encrAlg,proto3" json:"encr_alg,omitempty"`
+	EncrKey       int32                  `protobuf:"varint,6,opt,name=encr_key,json=encrKey,proto3" json:"encr_key,omitempty"`
+	IntegAlg      string                 `protobuf:"bytes,7,opt,name=integ_alg,json=integAlg,proto3" json:"integ_alg,omitempty"`
+	IntegKey      int32                  `protobuf:"varint,8,opt,name=integ_key,json=integKey,proto3" json:"integ_key,omitempty"`
+	Ipcomp        bool                   `protobuf:"varint,9,opt,name=ipcomp,proto3" json:"ipcomp,omitempty"`
+	Encap         bool                   `protobuf:"varint,10,opt,name=encap,proto3" json:"encap,omitempty"`
+	Label         string                 `protobuf:"bytes,11,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenChild) Reset() {
+	*x = TokenChild{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenChild) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenChild) ProtoMessage() {}
+
+func (x *TokenChild) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenChild.ProtoReflect.Descriptor instead.
+func (*TokenChild) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TokenChild) GetIkeName() string {
+	if x != nil {
+		return x.IkeName
+	}
+	return ""
+}
+
+func (x *TokenChild) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenChild) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *TokenChild) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *TokenChild) GetEncrAlg() string {
+	if x != nil {
+		return x.EncrAlg
+	}
+	return ""
+}
+
+func (x *TokenChild) GetEncrKey() int32 {
+	if x != nil {
+		return x.EncrKey
+	}
+	return 0
+}
+
+func (x *TokenChild) GetIntegAlg() string {
+	if x != nil {
+		return x.IntegAlg
+	}
+	return ""
+}
+
+func (x *TokenChild) GetIntegKey() int32 {
+	if x != nil {
+		return x.IntegKey
+	}
+	return 0
+}
+
+func (x *TokenChild) GetIpcomp() bool {
+	if x != nil {
+		return x.Ipcomp
+	}
+	return false
+}
+
+func (x *TokenChild) GetEncap() bool {
+	if x != nil {
+		return x.Encap
+	}
+	return false
+}
+
+func (x *TokenChild) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+type AuthEvidence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ConnClass     string                 `protobuf:"bytes,1,opt,name=conn_class,json=connClass,proto3" json:"conn_class,omitempty"`
+	RoundClasses  []string               `protobuf:"bytes,2,rep,name=round_classes,json=roundClasses,proto3" json:"round_classes,omitempty"`
+	PinnedKey     bool                   `protobuf:"varint,3,opt,name=pinned_key,json=pinnedKey,proto3" json:"pinned_key,omitempty"`
+	SecretOwners  int32                  `protobuf:"varint,4,opt,name=secret_owners,json=secretOwners,proto3" json:"secret_owners,omitempty"`
+	Oe            bool                   `protobuf:"varint,5,opt,name=oe,proto3" json:"oe,omitempty"`
+	Dnssec        string                 `protobuf:"bytes,6,opt,name=dnssec,proto3" json:"dnssec,omitempty"`
+	OeMethod      string                 `protobuf:"bytes,7,opt,name=oe_method,json=oeMethod,proto3" json:"oe_method,omitempty"`
+	LogMethod     string                 `protobuf:"bytes,8,opt,name=log_method,json=logMethod,proto3" json:"log_method,omitempty"`
+	TrustedCaDn   string                 `protobuf:"bytes,9,opt,name=trusted_ca_dn,json=trustedCaDn,proto3" json:"trusted_ca_dn,omitempty"`
+	TrustedCertDn string                 `protobuf:"bytes,10,opt,name=trusted_cert_dn,json=trustedCertDn,proto3" json:"trusted_cert_dn,omitempty"`
+	PeerCertDn    string                 `protobuf:"bytes,11,opt,name=peer_cert_dn,json=peerCertDn,proto3" json:"peer_cert_dn,omitempty"`
+	Fetched       bool                   `protobuf:"varint,12,opt,name=fetched,proto3" json:"fetched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthEvidence) Reset() {
+	*x = AuthEvidence{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthEvidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthEvidence) ProtoMessage() {}
+
+func (x *AuthEvidence) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthEvidence.ProtoReflect.Descriptor instead.
+func (*AuthEvidence) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AuthEvidence) GetConnClass() string {
+	if x != nil {
+		return x.ConnClass
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetRoundClasses() []string {
+	if x != nil {
+		return x.RoundClasses
+	}
+	return nil
+}
+
+func (x *AuthEvidence) GetPinnedKey() bool {
+	if x != nil {
+		return x.PinnedKey
+	}
+	return false
+}
+
+func (x *AuthEvidence) GetSecretOwners() int32 {
+	if x != nil {
+		return x.SecretOwners
+	}
+	return 0
+}
+
+func (x *AuthEvidence) GetOe() bool {
+	if x != nil {
+		return x.Oe
+	}
+	return false
+}
+
+func (x *AuthEvidence) GetDnssec() string {
+	if x != nil {
+		return x.Dnssec
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetOeMethod() string {
+	if x != nil {
+		return x.OeMethod
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetLogMethod() string {
+	if x != nil {
+		return x.LogMethod
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetTrustedCaDn() string {
+	if x != nil {
+		return x.TrustedCaDn
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetTrustedCertDn() string {
+	if x != nil {
+		return x.TrustedCertDn
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetPeerCertDn() string {
+	if x != nil {
+		return x.PeerCertDn
+	}
+	return ""
+}
+
+func (x *AuthEvidence) GetFetched() bool {
+	if x != nil {
+		return x.Fetched
+	}
+	return false
+}
+
+type TokenPeer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RemoteId      string                 `protobuf:"bytes,1,opt,name=remote_id,json=remoteId,proto3" json:"remote_id,omitempty"`
+	RemoteEapId   string                 `protobuf:"bytes,2,opt,name=remote_eap_id,json=remoteEapId,proto3" json:"remote_eap_id,omitempty"`
+	RemoteXauthId string                 `protobuf:"bytes,3,opt,name=remote_xauth_id,json=remoteXauthId,proto3" json:"remote_xauth_id,omitempty"`
+	Evidence      *AuthEvidence          `protobuf:"bytes,4,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	PeerKey       *PublicKey             `protobuf:"bytes,5,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"` // absent when unknown
+	OurKey        *PublicKey             `protobuf:"bytes,6,opt,name=our_key,json=ourKey,proto3" json:"our_key,omitempty"`
+	KeyNote       string                 `protobuf:"bytes,7,opt,name=key_note,json=keyNote,proto3" json:"key_note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenPeer) Reset() {
+	*x = TokenPeer{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenPeer) ProtoMessage() {}
+
+func (x *TokenPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenPeer.ProtoReflect.Descriptor instead.
+func (*TokenPeer) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TokenPeer) GetRemoteId() string {
+	if x != nil {
+		return x.RemoteId
+	}
+	return ""
+}
+
+func (x *TokenPeer) GetRemoteEapId() string {
+	if x != nil {
+		return x.RemoteEapId
+	}
+	return ""
+}
+
+func (x *TokenPeer) GetRemoteXauthId() string {
+	if x != nil {
+		return x.RemoteXauthId
+	}
+	return ""
+}
+
+func (x *TokenPeer) GetEvidence() *AuthEvidence {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+func (x *TokenPeer) GetPeerKey() *PublicKey {
+	if x != nil {
+		return x.PeerKey
+	}
+	return nil
+}
+
+func (x *TokenPeer) GetOurKey() *PublicKey {
+	if x != nil {
+		return x.OurKey
+	}
+	return nil
+}
+
+func (x *TokenPeer) GetKeyNote() string {
+	if x != nil {
+		return x.KeyNote
+	}
+	return ""
+}
+
+type TokenSA struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Child         *TokenChild            `protobuf:"bytes,1,opt,name=child,proto3" json:"child,omitempty"`
+	Peer          *TokenPeer             `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	LocalTs       []*TrafficSelector     `protobuf:"bytes,3,rep,name=local_ts,json=localTs,proto3" json:"local_ts,omitempty"`
+	RemoteTs      []*TrafficSelector     `protobuf:"bytes,4,rep,name=remote_ts,json=remoteTs,proto3" json:"remote_ts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSA) Reset() {
+	*x = TokenSA{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSA) ProtoMessage() {}
+
+func (x *TokenSA) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSA.ProtoReflect.Descriptor instead.
+func (*TokenSA) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TokenSA) GetChild() *TokenChild {
+	if x != nil {
+		return x.Child
+	}
+	return nil
+}
+
+func (x *TokenSA) GetPeer() *TokenPeer {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *TokenSA) GetLocalTs() []*TrafficSelector {
+	if x != nil {
+		return x.LocalTs
+	}
+	return nil
+}
+
+func (x *TokenSA) GetRemoteTs() []*TrafficSelector {
+	if x != nil {
+		return x.RemoteTs
+	}
+	return nil
+}
+
+type TokenSAsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSAsRequest) Reset() {
+	*x = TokenSAsRequest{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSAsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSAsRequest) ProtoMessage() {}
+
+func (x *TokenSAsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSAsRequest.ProtoReflect.Descriptor instead.
+func (*TokenSAsRequest) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{22}
+}
+
+type TokenSnapshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Sas           []*TokenSA             `protobuf:"bytes,2,rep,name=sas,proto3" json:"sas,omitempty"` // newest first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSnapshot) Reset() {
+	*x = TokenSnapshot{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSnapshot) ProtoMessage() {}
+
+func (x *TokenSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSnapshot.ProtoReflect.Descriptor instead.
+func (*TokenSnapshot) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TokenSnapshot) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *TokenSnapshot) GetSas() []*TokenSA {
+	if x != nil {
+		return x.Sas
+	}
+	return nil
+}
+
+type TokenFlow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Local         string                 `protobuf:"bytes,1,opt,name=local,proto3" json:"local,omitempty"` // address:port, e.g. "192.0.2.11:40000" or "[2001:db8::1]:443"
+	Remote        string                 `protobuf:"bytes,2,opt,name=remote,proto3" json:"remote,omitempty"`
+	Protocol      uint32                 `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Label         string                 `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenFlow) Reset() {
+	*x = TokenFlow{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenFlow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenFlow) ProtoMessage() {}
+
+func (x *TokenFlow) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenFlow.ProtoReflect.Descriptor instead.
+func (*TokenFlow) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TokenFlow) GetLocal() string {
+	if x != nil {
+		return x.Local
+	}
+	return ""
+}
+
+func (x *TokenFlow) GetRemote() string {
+	if x != nil {
+		return x.Remote
+	}
+	return ""
+}
+
+func (x *TokenFlow) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *TokenFlow) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+type WhyNotReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        uint32                 `protobuf:"varint,1,opt,name=reason,proto3" json:"reason,omitempty"` // wire.Reason
+	Text          string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyNotReply) Reset() {
+	*x = WhyNotReply{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyNotReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyNotReply) ProtoMessage() {}
+
+func (x *WhyNotReply) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyNotReply.ProtoReflect.Descriptor instead.
+func (*WhyNotReply) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WhyNotReply) GetReason() uint32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *WhyNotReply) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type TokenProtectRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Flow          *TokenFlow             `protobuf:"bytes,1,opt,name=flow,proto3" json:"flow,omitempty"`
+	Level         uint32                 `protobuf:"varint,2,opt,name=level,proto3" json:"level,omitempty"` // wire.Level
+	PeerId        string                 `protobuf:"bytes,3,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	MayLower      bool                   `protobuf:"varint,4,opt,name=may_lower,json=mayLower,proto3" json:"may_lower,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenProtectRequest) Reset() {
+	*x = TokenProtectRequest{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenProtectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenProtectRequest) ProtoMessage() {}
+
+func (x *TokenProtectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenProtectRequest.ProtoReflect.Descriptor instead.
+func (*TokenProtectRequest) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *TokenProtectRequest) GetFlow() *TokenFlow {
+	if x != nil {
+		return x.Flow
+	}
+	return nil
+}
+
+func (x *TokenProtectRequest) GetLevel() uint32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
+func (x *TokenProtectRequest) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+func (x *TokenProtectRequest) GetMayLower() bool {
+	if x != nil {
+		return x.MayLower
+	}
+	return false
+}
+
+type TokenProtectOutcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Why           uint32                 `protobuf:"varint,1,opt,name=why,proto3" json:"why,omitempty"` // wire.Reason
+	WhyText       string                 `protobuf:"bytes,2,opt,name=why_text,json=whyText,proto3" json:"why_text,omitempty"`
+	OuterLocal    string                 `protobuf:"bytes,3,opt,name=outer_local,json=outerLocal,proto3" json:"outer_local,omitempty"` // address or ""
+	OuterRemote   string                 `protobuf:"bytes,4,opt,name=outer_remote,json=outerRemote,proto3" json:"outer_remote,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenProtectOutcome) Reset() {
+	*x = TokenProtectOutcome{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenProtectOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenProtectOutcome) ProtoMessage() {}
+
+func (x *TokenProtectOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenProtectOutcome.ProtoReflect.Descriptor instead.
+func (*TokenProtectOutcome) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *TokenProtectOutcome) GetWhy() uint32 {
+	if x != nil {
+		return x.Why
+	}
+	return 0
+}
+
+func (x *TokenProtectOutcome) GetWhyText() string {
+	if x != nil {
+		return x.WhyText
+	}
+	return ""
+}
+
+func (x *TokenProtectOutcome) GetOuterLocal() string {
+	if x != nil {
+		return x.OuterLocal
+	}
+	return ""
+}
+
+func (x *TokenProtectOutcome) GetOuterRemote() string {
+	if x != nil {
+		return x.OuterRemote
+	}
+	return ""
+}
+
+type PinTargetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinTargetRequest) Reset() {
+	*x = PinTargetRequest{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinTargetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinTargetRequest) ProtoMessage() {}
+
+func (x *PinTargetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinTargetRequest.ProtoReflect.Descriptor instead.
+func (*PinTargetRequest) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{28}
+}
+
+type TokenPinTarget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Datapath      string                 `protobuf:"bytes,1,opt,name=datapath,proto3" json:"datapath,omitempty"` // "kernel" or "userspace"
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	ClearMark     uint32                 `protobuf:"varint,3,opt,name=clear_mark,json=clearMark,proto3" json:"clear_mark,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenPinTarget) Reset() {
+	*x = TokenPinTarget{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenPinTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenPinTarget) ProtoMessage() {}
+
+func (x *TokenPinTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenPinTarget.ProtoReflect.Descriptor instead.
+func (*TokenPinTarget) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TokenPinTarget) GetDatapath() string {
+	if x != nil {
+		return x.Datapath
+	}
+	return ""
+}
+
+func (x *TokenPinTarget) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *TokenPinTarget) GetClearMark() uint32 {
+	if x != nil {
+		return x.ClearMark
+	}
+	return 0
+}
+
+type WatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{30}
+}
+
+type TokenChange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // "up", "down", "rekeyed", "rekey-failed", "reset", "lost"
+	IkeName       string                 `protobuf:"bytes,2,opt,name=ike_name,json=ikeName,proto3" json:"ike_name,omitempty"`
+	Child         string                 `protobuf:"bytes,3,opt,name=child,proto3" json:"child,omitempty"`
+	Text          string                 `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenChange) Reset() {
+	*x = TokenChange{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenChange) ProtoMessage() {}
+
+func (x *TokenChange) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenChange.ProtoReflect.Descriptor instead.
+func (*TokenChange) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *TokenChange) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TokenChange) GetIkeName() string {
+	if x != nil {
+		return x.IkeName
+	}
+	return ""
+}
+
+func (x *TokenChange) GetChild() string {
+	if x != nil {
+		return x.Child
+	}
+	return ""
+}
+
+func (x *TokenChange) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// HostUpdate is one message of Watch: the host's generation, and the
+// change that moved it when there is one. The first message carries the
+// current generation and whether the host has a change stream at all.
+type HostUpdate struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Generation       uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Change           *TokenChange           `protobuf:"bytes,2,opt,name=change,proto3" json:"change,omitempty"`
+	ChangesSupported bool                   `protobuf:"varint,3,opt,name=changes_supported,json=changesSupported,proto3" json:"changes_supported,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HostUpdate) Reset() {
+	*x = HostUpdate{}
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostUpdate) ProtoMessage() {}
+
+func (x *HostUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_obol_plugins_v1_modules_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostUpdate.ProtoReflect.Descriptor instead.
+func (*HostUpdate) Descriptor() ([]byte, []int) {
+	return file_obol_plugins_v1_modules_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *HostUpdate) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *HostUpdate) GetChange() *TokenChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *HostUpdate) GetChangesSupported() bool {
+	if x != nil {
+		return x.ChangesSupported
+	}
+	return false
+}
+
 var File_obol_plugins_v1_modules_proto protoreflect.FileDescriptor
 
 const file_obol_plugins_v1_modules_proto_rawDesc = "" +
@@ -1111,7 +2290,105 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"CheckReply\x121\n" +
 	"\amissing\x18\x01 \x03(\v2\x17.obol.plugins.v1.PolicyR\amissing\x12-\n" +
 	"\x05extra\x18\x02 \x03(\v2\x17.obol.plugins.v1.PolicyR\x05extra\x12-\n" +
-	"\x05stale\x18\x03 \x03(\v2\x17.obol.plugins.v1.PolicyR\x05stale2R\n" +
+	"\x05stale\x18\x03 \x03(\v2\x17.obol.plugins.v1.PolicyR\x05stale\"9\n" +
+	"\x11TokenServeRequest\x12$\n" +
+	"\x0ehost_broker_id\x18\x01 \x01(\rR\fhostBrokerId\"\x11\n" +
+	"\x0fTokenServeReply\"\x81\x01\n" +
+	"\x0fTrafficSelector\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x14\n" +
+	"\x05proto\x18\x03 \x01(\rR\x05proto\x12\x1b\n" +
+	"\tfrom_port\x18\x04 \x01(\rR\bfromPort\x12\x17\n" +
+	"\ato_port\x18\x05 \x01(\rR\x06toPort\"\x9f\x02\n" +
+	"\n" +
+	"TokenChild\x12\x19\n" +
+	"\bike_name\x18\x01 \x01(\tR\aikeName\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x19\n" +
+	"\bencr_alg\x18\x05 \x01(\tR\aencrAlg\x12\x19\n" +
+	"\bencr_key\x18\x06 \x01(\x05R\aencrKey\x12\x1b\n" +
+	"\tinteg_alg\x18\a \x01(\tR\bintegAlg\x12\x1b\n" +
+	"\tinteg_key\x18\b \x01(\x05R\bintegKey\x12\x16\n" +
+	"\x06ipcomp\x18\t \x01(\bR\x06ipcomp\x12\x14\n" +
+	"\x05encap\x18\n" +
+	" \x01(\bR\x05encap\x12\x14\n" +
+	"\x05label\x18\v \x01(\tR\x05label\"\x82\x03\n" +
+	"\fAuthEvidence\x12\x1d\n" +
+	"\n" +
+	"conn_class\x18\x01 \x01(\tR\tconnClass\x12#\n" +
+	"\rround_classes\x18\x02 \x03(\tR\froundClasses\x12\x1d\n" +
+	"\n" +
+	"pinned_key\x18\x03 \x01(\bR\tpinnedKey\x12#\n" +
+	"\rsecret_owners\x18\x04 \x01(\x05R\fsecretOwners\x12\x0e\n" +
+	"\x02oe\x18\x05 \x01(\bR\x02oe\x12\x16\n" +
+	"\x06dnssec\x18\x06 \x01(\tR\x06dnssec\x12\x1b\n" +
+	"\toe_method\x18\a \x01(\tR\boeMethod\x12\x1d\n" +
+	"\n" +
+	"log_method\x18\b \x01(\tR\tlogMethod\x12\"\n" +
+	"\rtrusted_ca_dn\x18\t \x01(\tR\vtrustedCaDn\x12&\n" +
+	"\x0ftrusted_cert_dn\x18\n" +
+	" \x01(\tR\rtrustedCertDn\x12 \n" +
+	"\fpeer_cert_dn\x18\v \x01(\tR\n" +
+	"peerCertDn\x12\x18\n" +
+	"\afetched\x18\f \x01(\bR\afetched\"\xb6\x02\n" +
+	"\tTokenPeer\x12\x1b\n" +
+	"\tremote_id\x18\x01 \x01(\tR\bremoteId\x12\"\n" +
+	"\rremote_eap_id\x18\x02 \x01(\tR\vremoteEapId\x12&\n" +
+	"\x0fremote_xauth_id\x18\x03 \x01(\tR\rremoteXauthId\x129\n" +
+	"\bevidence\x18\x04 \x01(\v2\x1d.obol.plugins.v1.AuthEvidenceR\bevidence\x125\n" +
+	"\bpeer_key\x18\x05 \x01(\v2\x1a.obol.plugins.v1.PublicKeyR\apeerKey\x123\n" +
+	"\aour_key\x18\x06 \x01(\v2\x1a.obol.plugins.v1.PublicKeyR\x06ourKey\x12\x19\n" +
+	"\bkey_note\x18\a \x01(\tR\akeyNote\"\xe8\x01\n" +
+	"\aTokenSA\x121\n" +
+	"\x05child\x18\x01 \x01(\v2\x1b.obol.plugins.v1.TokenChildR\x05child\x12.\n" +
+	"\x04peer\x18\x02 \x01(\v2\x1a.obol.plugins.v1.TokenPeerR\x04peer\x12;\n" +
+	"\blocal_ts\x18\x03 \x03(\v2 .obol.plugins.v1.TrafficSelectorR\alocalTs\x12=\n" +
+	"\tremote_ts\x18\x04 \x03(\v2 .obol.plugins.v1.TrafficSelectorR\bremoteTs\"\x11\n" +
+	"\x0fTokenSAsRequest\"[\n" +
+	"\rTokenSnapshot\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12*\n" +
+	"\x03sas\x18\x02 \x03(\v2\x18.obol.plugins.v1.TokenSAR\x03sas\"k\n" +
+	"\tTokenFlow\x12\x14\n" +
+	"\x05local\x18\x01 \x01(\tR\x05local\x12\x16\n" +
+	"\x06remote\x18\x02 \x01(\tR\x06remote\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\rR\bprotocol\x12\x14\n" +
+	"\x05label\x18\x04 \x01(\tR\x05label\"9\n" +
+	"\vWhyNotReply\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\rR\x06reason\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\x91\x01\n" +
+	"\x13TokenProtectRequest\x12.\n" +
+	"\x04flow\x18\x01 \x01(\v2\x1a.obol.plugins.v1.TokenFlowR\x04flow\x12\x14\n" +
+	"\x05level\x18\x02 \x01(\rR\x05level\x12\x17\n" +
+	"\apeer_id\x18\x03 \x01(\tR\x06peerId\x12\x1b\n" +
+	"\tmay_lower\x18\x04 \x01(\bR\bmayLower\"\x86\x01\n" +
+	"\x13TokenProtectOutcome\x12\x10\n" +
+	"\x03why\x18\x01 \x01(\rR\x03why\x12\x19\n" +
+	"\bwhy_text\x18\x02 \x01(\tR\awhyText\x12\x1f\n" +
+	"\vouter_local\x18\x03 \x01(\tR\n" +
+	"outerLocal\x12!\n" +
+	"\fouter_remote\x18\x04 \x01(\tR\vouterRemote\"\x12\n" +
+	"\x10PinTargetRequest\"c\n" +
+	"\x0eTokenPinTarget\x12\x1a\n" +
+	"\bdatapath\x18\x01 \x01(\tR\bdatapath\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1d\n" +
+	"\n" +
+	"clear_mark\x18\x03 \x01(\rR\tclearMark\"\x0e\n" +
+	"\fWatchRequest\"f\n" +
+	"\vTokenChange\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
+	"\bike_name\x18\x02 \x01(\tR\aikeName\x12\x14\n" +
+	"\x05child\x18\x03 \x01(\tR\x05child\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"\x8f\x01\n" +
+	"\n" +
+	"HostUpdate\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x124\n" +
+	"\x06change\x18\x02 \x01(\v2\x1c.obol.plugins.v1.TokenChangeR\x06change\x12+\n" +
+	"\x11changes_supported\x18\x03 \x01(\bR\x10changesSupported2R\n" +
 	"\bResolver\x12F\n" +
 	"\x06Lookup\x12\x1e.obol.plugins.v1.LookupRequest\x1a\x1c.obol.plugins.v1.LookupReply2Y\n" +
 	"\n" +
@@ -1122,7 +2399,15 @@ const file_obol_plugins_v1_modules_proto_rawDesc = "" +
 	"\bChildren\x12 .obol.plugins.v1.ChildrenRequest\x1a\x1e.obol.plugins.v1.ChildrenReply2\xa0\x01\n" +
 	"\vXFRMChecker\x12L\n" +
 	"\bDatapath\x12 .obol.plugins.v1.DatapathRequest\x1a\x1e.obol.plugins.v1.DatapathReply\x12C\n" +
-	"\x05Check\x12\x1d.obol.plugins.v1.CheckRequest\x1a\x1b.obol.plugins.v1.CheckReplyB-Z+github.com/obol-ipsec/obol/plugins/pluginpbb\x06proto3"
+	"\x05Check\x12\x1d.obol.plugins.v1.CheckRequest\x1a\x1b.obol.plugins.v1.CheckReply2Y\n" +
+	"\bTokenAPI\x12M\n" +
+	"\x05Serve\x12\".obol.plugins.v1.TokenServeRequest\x1a .obol.plugins.v1.TokenServeReply2\x8c\x03\n" +
+	"\tTokenHost\x12L\n" +
+	"\bTokenSAs\x12 .obol.plugins.v1.TokenSAsRequest\x1a\x1e.obol.plugins.v1.TokenSnapshot\x12B\n" +
+	"\x06WhyNot\x12\x1a.obol.plugins.v1.TokenFlow\x1a\x1c.obol.plugins.v1.WhyNotReply\x12U\n" +
+	"\aProtect\x12$.obol.plugins.v1.TokenProtectRequest\x1a$.obol.plugins.v1.TokenProtectOutcome\x12O\n" +
+	"\tPinTarget\x12!.obol.plugins.v1.PinTargetRequest\x1a\x1f.obol.plugins.v1.TokenPinTarget\x12E\n" +
+	"\x05Watch\x12\x1d.obol.plugins.v1.WatchRequest\x1a\x1b.obol.plugins.v1.HostUpdate0\x01B-Z+github.com/obol-ipsec/obol/plugins/pluginpbb\x06proto3"
 
 var (
 	file_obol_plugins_v1_modules_proto_rawDescOnce sync.Once
@@ -1136,23 +2421,41 @@ func file_obol_plugins_v1_modules_proto_rawDescGZIP() []byte {
 	return file_obol_plugins_v1_modules_proto_rawDescData
 }
 
-var file_obol_plugins_v1_modules_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_obol_plugins_v1_modules_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_obol_plugins_v1_modules_proto_goTypes = []any{
-	(*PublicKey)(nil),       // 0: obol.plugins.v1.PublicKey
-	(*Gateway)(nil),         // 1: obol.plugins.v1.Gateway
-	(*LookupRequest)(nil),   // 2: obol.plugins.v1.LookupRequest
-	(*LookupReply)(nil),     // 3: obol.plugins.v1.LookupReply
-	(*Flow)(nil),            // 4: obol.plugins.v1.Flow
-	(*LabelRequest)(nil),    // 5: obol.plugins.v1.LabelRequest
-	(*LabelDecision)(nil),   // 6: obol.plugins.v1.LabelDecision
-	(*ChildrenRequest)(nil), // 7: obol.plugins.v1.ChildrenRequest
-	(*LabeledChild)(nil),    // 8: obol.plugins.v1.LabeledChild
-	(*ChildrenReply)(nil),   // 9: obol.plugins.v1.ChildrenReply
-	(*DatapathRequest)(nil), // 10: obol.plugins.v1.DatapathRequest
-	(*DatapathReply)(nil),   // 11: obol.plugins.v1.DatapathReply
-	(*Policy)(nil),          // 12: obol.plugins.v1.Policy
-	(*CheckRequest)(nil),    // 13: obol.plugins.v1.CheckRequest
-	(*CheckReply)(nil),      // 14: obol.plugins.v1.CheckReply
+	(*PublicKey)(nil),           // 0: obol.plugins.v1.PublicKey
+	(*Gateway)(nil),             // 1: obol.plugins.v1.Gateway
+	(*LookupRequest)(nil),       // 2: obol.plugins.v1.LookupRequest
+	(*LookupReply)(nil),         // 3: obol.plugins.v1.LookupReply
+	(*Flow)(nil),                // 4: obol.plugins.v1.Flow
+	(*LabelRequest)(nil),        // 5: obol.plugins.v1.LabelRequest
+	(*LabelDecision)(nil),       // 6: obol.plugins.v1.LabelDecision
+	(*ChildrenRequest)(nil),     // 7: obol.plugins.v1.ChildrenRequest
+	(*LabeledChild)(nil),        // 8: obol.plugins.v1.LabeledChild
+	(*ChildrenReply)(nil),       // 9: obol.plugins.v1.ChildrenReply
+	(*DatapathRequest)(nil),     // 10: obol.plugins.v1.DatapathRequest
+	(*DatapathReply)(nil),       // 11: obol.plugins.v1.DatapathReply
+	(*Policy)(nil),              // 12: obol.plugins.v1.Policy
+	(*CheckRequest)(nil),        // 13: obol.plugins.v1.CheckRequest
+	(*CheckReply)(nil),          // 14: obol.plugins.v1.CheckReply
+	(*TokenServeRequest)(nil),   // 15: obol.plugins.v1.TokenServeRequest
+	(*TokenServeReply)(nil),     // 16: obol.plugins.v1.TokenServeReply
+	(*TrafficSelector)(nil),     // 17: obol.plugins.v1.TrafficSelector
+	(*TokenChild)(nil),          // 18: obol.plugins.v1.TokenChild
+	(*AuthEvidence)(nil),        // 19: obol.plugins.v1.AuthEvidence
+	(*TokenPeer)(nil),           // 20: obol.plugins.v1.TokenPeer
+	(*TokenSA)(nil),             // 21: obol.plugins.v1.TokenSA
+	(*TokenSAsRequest)(nil),     // 22: obol.plugins.v1.TokenSAsRequest
+	(*TokenSnapshot)(nil),       // 23: obol.plugins.v1.TokenSnapshot
+	(*TokenFlow)(nil),           // 24: obol.plugins.v1.TokenFlow
+	(*WhyNotReply)(nil),         // 25: obol.plugins.v1.WhyNotReply
+	(*TokenProtectRequest)(nil), // 26: obol.plugins.v1.TokenProtectRequest
+	(*TokenProtectOutcome)(nil), // 27: obol.plugins.v1.TokenProtectOutcome
+	(*PinTargetRequest)(nil),    // 28: obol.plugins.v1.PinTargetRequest
+	(*TokenPinTarget)(nil),      // 29: obol.plugins.v1.TokenPinTarget
+	(*WatchRequest)(nil),        // 30: obol.plugins.v1.WatchRequest
+	(*TokenChange)(nil),         // 31: obol.plugins.v1.TokenChange
+	(*HostUpdate)(nil),          // 32: obol.plugins.v1.HostUpdate
 }
 var file_obol_plugins_v1_modules_proto_depIdxs = []int32{
 	0,  // 0: obol.plugins.v1.Gateway.keys:type_name -> obol.plugins.v1.PublicKey
@@ -1163,23 +2466,45 @@ var file_obol_plugins_v1_modules_proto_depIdxs = []int32{
 	12, // 5: obol.plugins.v1.CheckReply.missing:type_name -> obol.plugins.v1.Policy
 	12, // 6: obol.plugins.v1.CheckReply.extra:type_name -> obol.plugins.v1.Policy
 	12, // 7: obol.plugins.v1.CheckReply.stale:type_name -> obol.plugins.v1.Policy
-	2,  // 8: obol.plugins.v1.Resolver.Lookup:input_type -> obol.plugins.v1.LookupRequest
-	2,  // 9: obol.plugins.v1.AuthMethod.Credentials:input_type -> obol.plugins.v1.LookupRequest
-	5,  // 10: obol.plugins.v1.LabelPolicy.Authorize:input_type -> obol.plugins.v1.LabelRequest
-	7,  // 11: obol.plugins.v1.LabelPolicy.Children:input_type -> obol.plugins.v1.ChildrenRequest
-	10, // 12: obol.plugins.v1.XFRMChecker.Datapath:input_type -> obol.plugins.v1.DatapathRequest
-	13, // 13: obol.plugins.v1.XFRMChecker.Check:input_type -> obol.plugins.v1.CheckRequest
-	3,  // 14: obol.plugins.v1.Resolver.Lookup:output_type -> obol.plugins.v1.LookupReply
-	3,  // 15: obol.plugins.v1.AuthMethod.Credentials:output_type -> obol.plugins.v1.LookupReply
-	6,  // 16: obol.plugins.v1.LabelPolicy.Authorize:output_type -> obol.plugins.v1.LabelDecision
-	9,  // 17: obol.plugins.v1.LabelPolicy.Children:output_type -> obol.plugins.v1.ChildrenReply
-	11, // 18: obol.plugins.v1.XFRMChecker.Datapath:output_type -> obol.plugins.v1.DatapathReply
-	14, // 19: obol.plugins.v1.XFRMChecker.Check:output_type -> obol.plugins.v1.CheckReply
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	19, // 8: obol.plugins.v1.TokenPeer.evidence:type_name -> obol.plugins.v1.AuthEvidence
+	0,  // 9: obol.plugins.v1.TokenPeer.peer_key:type_name -> obol.plugins.v1.PublicKey
+	0,  // 10: obol.plugins.v1.TokenPeer.our_key:type_name -> obol.plugins.v1.PublicKey
+	18, // 11: obol.plugins.v1.TokenSA.child:type_name -> obol.plugins.v1.TokenChild
+	20, // 12: obol.plugins.v1.TokenSA.peer:type_name -> obol.plugins.v1.TokenPeer
+	17, // 13: obol.plugins.v1.TokenSA.local_ts:type_name -> obol.plugins.v1.TrafficSelector
+	17, // 14: obol.plugins.v1.TokenSA.remote_ts:type_name -> obol.plugins.v1.TrafficSelector
+	21, // 15: obol.plugins.v1.TokenSnapshot.sas:type_name -> obol.plugins.v1.TokenSA
+	24, // 16: obol.plugins.v1.TokenProtectRequest.flow:type_name -> obol.plugins.v1.TokenFlow
+	31, // 17: obol.plugins.v1.HostUpdate.change:type_name -> obol.plugins.v1.TokenChange
+	2,  // 18: obol.plugins.v1.Resolver.Lookup:input_type -> obol.plugins.v1.LookupRequest
+	2,  // 19: obol.plugins.v1.AuthMethod.Credentials:input_type -> obol.plugins.v1.LookupRequest
+	5,  // 20: obol.plugins.v1.LabelPolicy.Authorize:input_type -> obol.plugins.v1.LabelRequest
+	7,  // 21: obol.plugins.v1.LabelPolicy.Children:input_type -> obol.plugins.v1.ChildrenRequest
+	10, // 22: obol.plugins.v1.XFRMChecker.Datapath:input_type -> obol.plugins.v1.DatapathRequest
+	13, // 23: obol.plugins.v1.XFRMChecker.Check:input_type -> obol.plugins.v1.CheckRequest
+	15, // 24: obol.plugins.v1.TokenAPI.Serve:input_type -> obol.plugins.v1.TokenServeRequest
+	22, // 25: obol.plugins.v1.TokenHost.TokenSAs:input_type -> obol.plugins.v1.TokenSAsRequest
+	24, // 26: obol.plugins.v1.TokenHost.WhyNot:input_type -> obol.plugins.v1.TokenFlow
+	26, // 27: obol.plugins.v1.TokenHost.Protect:input_type -> obol.plugins.v1.TokenProtectRequest
+	28, // 28: obol.plugins.v1.TokenHost.PinTarget:input_type -> obol.plugins.v1.PinTargetRequest
+	30, // 29: obol.plugins.v1.TokenHost.Watch:input_type -> obol.plugins.v1.WatchRequest
+	3,  // 30: obol.plugins.v1.Resolver.Lookup:output_type -> obol.plugins.v1.LookupReply
+	3,  // 31: obol.plugins.v1.AuthMethod.Credentials:output_type -> obol.plugins.v1.LookupReply
+	6,  // 32: obol.plugins.v1.LabelPolicy.Authorize:output_type -> obol.plugins.v1.LabelDecision
+	9,  // 33: obol.plugins.v1.LabelPolicy.Children:output_type -> obol.plugins.v1.ChildrenReply
+	11, // 34: obol.plugins.v1.XFRMChecker.Datapath:output_type -> obol.plugins.v1.DatapathReply
+	14, // 35: obol.plugins.v1.XFRMChecker.Check:output_type -> obol.plugins.v1.CheckReply
+	16, // 36: obol.plugins.v1.TokenAPI.Serve:output_type -> obol.plugins.v1.TokenServeReply
+	23, // 37: obol.plugins.v1.TokenHost.TokenSAs:output_type -> obol.plugins.v1.TokenSnapshot
+	25, // 38: obol.plugins.v1.TokenHost.WhyNot:output_type -> obol.plugins.v1.WhyNotReply
+	27, // 39: obol.plugins.v1.TokenHost.Protect:output_type -> obol.plugins.v1.TokenProtectOutcome
+	29, // 40: obol.plugins.v1.TokenHost.PinTarget:output_type -> obol.plugins.v1.TokenPinTarget
+	32, // 41: obol.plugins.v1.TokenHost.Watch:output_type -> obol.plugins.v1.HostUpdate
+	30, // [30:42] is the sub-list for method output_type
+	18, // [18:30] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_obol_plugins_v1_modules_proto_init() }
@@ -1193,9 +2518,9 @@ func file_obol_plugins_v1_modules_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_obol_plugins_v1_modules_proto_rawDesc), len(file_obol_plugins_v1_modules_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   33,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   6,
 		},
 		GoTypes:           file_obol_plugins_v1_modules_proto_goTypes,
 		DependencyIndexes: file_obol_plugins_v1_modules_proto_depIdxs,

@@ -506,3 +506,363 @@ var XFRMChecker_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "obol/plugins/v1/modules.proto",
 }
+
+const (
+	TokenAPI_Serve_FullMethodName = "/obol.plugins.v1.TokenAPI/Serve"
+)
+
+// TokenAPIClient is the client API for TokenAPI service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type TokenAPIClient interface {
+	Serve(ctx context.Context, in *TokenServeRequest, opts ...grpc.CallOption) (*TokenServeReply, error)
+}
+
+type tokenAPIClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewTokenAPIClient(cc grpc.ClientConnInterface) TokenAPIClient {
+	return &tokenAPIClient{cc}
+}
+
+func (c *tokenAPIClient) Serve(ctx context.Context, in *TokenServeRequest, opts ...grpc.CallOption) (*TokenServeReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenServeReply)
+	err := c.cc.Invoke(ctx, TokenAPI_Serve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TokenAPIServer is the server API for TokenAPI service.
+// All implementations must embed UnimplementedTokenAPIServer
+// for forward compatibility.
+type TokenAPIServer interface {
+	Serve(context.Context, *TokenServeRequest) (*TokenServeReply, error)
+	mustEmbedUnimplementedTokenAPIServer()
+}
+
+// UnimplementedTokenAPIServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedTokenAPIServer struct{}
+
+func (UnimplementedTokenAPIServer) Serve(context.Context, *TokenServeRequest) (*TokenServeReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Serve not implemented")
+}
+func (UnimplementedTokenAPIServer) mustEmbedUnimplementedTokenAPIServer() {}
+func (UnimplementedTokenAPIServer) testEmbeddedByValue()                  {}
+
+// UnsafeTokenAPIServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to TokenAPIServer will
+// result in compilation errors.
+type UnsafeTokenAPIServer interface {
+	mustEmbedUnimplementedTokenAPIServer()
+}
+
+func RegisterTokenAPIServer(s grpc.ServiceRegistrar, srv TokenAPIServer) {
+	// If the following call panics, it indicates UnimplementedTokenAPIServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&TokenAPI_ServiceDesc, srv)
+}
+
+func _TokenAPI_Serve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenServeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenAPIServer).Serve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenAPI_Serve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenAPIServer).Serve(ctx, req.(*TokenServeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// TokenAPI_ServiceDesc is the grpc.ServiceDesc for TokenAPI service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var TokenAPI_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "obol.plugins.v1.TokenAPI",
+	HandlerType: (*TokenAPIServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Serve",
+			Handler:    _TokenAPI_Serve_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "obol/plugins/v1/modules.proto",
+}
+
+const (
+	TokenHost_TokenSAs_FullMethodName  = "/obol.plugins.v1.TokenHost/TokenSAs"
+	TokenHost_WhyNot_FullMethodName    = "/obol.plugins.v1.TokenHost/WhyNot"
+	TokenHost_Protect_FullMethodName   = "/obol.plugins.v1.TokenHost/Protect"
+	TokenHost_PinTarget_FullMethodName = "/obol.plugins.v1.TokenHost/PinTarget"
+	TokenHost_Watch_FullMethodName     = "/obol.plugins.v1.TokenHost/Watch"
+)
+
+// TokenHostClient is the client API for TokenHost service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type TokenHostClient interface {
+	TokenSAs(ctx context.Context, in *TokenSAsRequest, opts ...grpc.CallOption) (*TokenSnapshot, error)
+	WhyNot(ctx context.Context, in *TokenFlow, opts ...grpc.CallOption) (*WhyNotReply, error)
+	Protect(ctx context.Context, in *TokenProtectRequest, opts ...grpc.CallOption) (*TokenProtectOutcome, error)
+	PinTarget(ctx context.Context, in *PinTargetRequest, opts ...grpc.CallOption) (*TokenPinTarget, error)
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HostUpdate], error)
+}
+
+type tokenHostClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewTokenHostClient(cc grpc.ClientConnInterface) TokenHostClient {
+	return &tokenHostClient{cc}
+}
+
+func (c *tokenHostClient) TokenSAs(ctx context.Context, in *TokenSAsRequest, opts ...grpc.CallOption) (*TokenSnapshot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenSnapshot)
+	err := c.cc.Invoke(ctx, TokenHost_TokenSAs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenHostClient) WhyNot(ctx context.Context, in *TokenFlow, opts ...grpc.CallOption) (*WhyNotReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WhyNotReply)
+	err := c.cc.Invoke(ctx, TokenHost_WhyNot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenHostClient) Protect(ctx context.Context, in *TokenProtectRequest, opts ...grpc.CallOption) (*TokenProtectOutcome, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenProtectOutcome)
+	err := c.cc.Invoke(ctx, TokenHost_Protect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenHostClient) PinTarget(ctx context.Context, in *PinTargetRequest, opts ...grpc.CallOption) (*TokenPinTarget, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenPinTarget)
+	err := c.cc.Invoke(ctx, TokenHost_PinTarget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenHostClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HostUpdate], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TokenHost_ServiceDesc.Streams[0], TokenHost_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, HostUpdate]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenHost_WatchClient = grpc.ServerStreamingClient[HostUpdate]
+
+// TokenHostServer is the server API for TokenHost service.
+// All implementations must embed UnimplementedTokenHostServer
+// for forward compatibility.
+type TokenHostServer interface {
+	TokenSAs(context.Context, *TokenSAsRequest) (*TokenSnapshot, error)
+	WhyNot(context.Context, *TokenFlow) (*WhyNotReply, error)
+	Protect(context.Context, *TokenProtectRequest) (*TokenProtectOutcome, error)
+	PinTarget(context.Context, *PinTargetRequest) (*TokenPinTarget, error)
+	Watch(*WatchRequest, grpc.ServerStreamingServer[HostUpdate]) error
+	mustEmbedUnimplementedTokenHostServer()
+}
+
+// UnimplementedTokenHostServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedTokenHostServer struct{}
+
+func (UnimplementedTokenHostServer) TokenSAs(context.Context, *TokenSAsRequest) (*TokenSnapshot, error) {
+	return nil, status.Error(codes.Unimplemented, "method TokenSAs not implemented")
+}
+func (UnimplementedTokenHostServer) WhyNot(context.Context, *TokenFlow) (*WhyNotReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method WhyNot not implemented")
+}
+func (UnimplementedTokenHostServer) Protect(context.Context, *TokenProtectRequest) (*TokenProtectOutcome, error) {
+	return nil, status.Error(codes.Unimplemented, "method Protect not implemented")
+}
+func (UnimplementedTokenHostServer) PinTarget(context.Context, *PinTargetRequest) (*TokenPinTarget, error) {
+	return nil, status.Error(codes.Unimplemented, "method PinTarget not implemented")
+}
+func (UnimplementedTokenHostServer) Watch(*WatchRequest, grpc.ServerStreamingServer[HostUpdate]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedTokenHostServer) mustEmbedUnimplementedTokenHostServer() {}
+func (UnimplementedTokenHostServer) testEmbeddedByValue()                   {}
+
+// UnsafeTokenHostServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to TokenHostServer will
+// result in compilation errors.
+type UnsafeTokenHostServer interface {
+	mustEmbedUnimplementedTokenHostServer()
+}
+
+func RegisterTokenHostServer(s grpc.ServiceRegistrar, srv TokenHostServer) {
+	// If the following call panics, it indicates UnimplementedTokenHostServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&TokenHost_ServiceDesc, srv)
+}
+
+func _TokenHost_TokenSAs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenSAsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenHostServer).TokenSAs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenHost_TokenSAs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenHostServer).TokenSAs(ctx, req.(*TokenSAsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenHost_WhyNot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenFlow)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenHostServer).WhyNot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenHost_WhyNot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenHostServer).WhyNot(ctx, req.(*TokenFlow))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenHost_Protect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenProtectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenHostServer).Protect(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenHost_Protect_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenHostServer).Protect(ctx, req.(*TokenProtectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenHost_PinTarget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinTargetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenHostServer).PinTarget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenHost_PinTarget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenHostServer).PinTarget(ctx, req.(*PinTargetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenHost_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TokenHostServer).Watch(m, &grpc.GenericServerStream[WatchRequest, HostUpdate]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenHost_WatchServer = grpc.ServerStreamingServer[HostUpdate]
+
+// TokenHost_ServiceDesc is the grpc.ServiceDesc for TokenHost service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var TokenHost_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "obol.plugins.v1.TokenHost",
+	HandlerType: (*TokenHostServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "TokenSAs",
+			Handler:    _TokenHost_TokenSAs_Handler,
+		},
+		{
+			MethodName: "WhyNot",
+			Handler:    _TokenHost_WhyNot_Handler,
+		},
+		{
+			MethodName: "Protect",
+			Handler:    _TokenHost_Protect_Handler,
+		},
+		{
+			MethodName: "PinTarget",
+			Handler:    _TokenHost_PinTarget_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _TokenHost_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "obol/plugins/v1/modules.proto",
+}

@@ -1,6 +1,12 @@
 package pluginstest
 
-import "testing"
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/obol-ipsec/obol/tokenapi"
+)
 
 // The fixtures pass their own suite in process; pluginhost runs the same
 // suite against them served by a plugin process.
@@ -21,4 +27,20 @@ func TestBuiltInConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("auth", func(t *testing.T) { AuthMethod(t, AuthFixture(dir)) })
+}
+
+// The token API module built in, over the fixture host: no RPC anywhere.
+func TestBuiltInTokenAPIConformance(t *testing.T) {
+	h := NewTokenHostFixture(t)
+	sock := filepath.Join(t.TempDir(), "token.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&tokenapi.Module{Config: tokenapi.Config{Socket: sock}.WithDefaults()}).Serve(ctx, h) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	TokenAPI(t, sock, h)
 }
