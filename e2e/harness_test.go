@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,4 +271,33 @@ func (o *obold) waitLog(substr string, limit time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// tcpPair connects from to addr, where to listens, and returns both ends
+// of the TCP connection (closed when the test ends).
+func tcpPair(t testing.TB, ctx context.Context, from, to *lab.Node, addr string) (client, server net.Conn) {
+	t.Helper()
+	ln, err := to.Listen(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	client, err = from.Dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	select {
+	case server = <-accepted:
+		t.Cleanup(func() { server.Close() })
+	case <-ctx.Done():
+		t.Fatalf("%s accepted nothing on %s", to.Name, addr)
+	}
+	return client, server
 }

@@ -130,29 +130,7 @@ func TestHostOE(t *testing.T) {
 // channel binding (both public keys in a canonical order).
 func checkOETokens(t *testing.T, ctx context.Context, ha, hb *lab.Node, tokenA, tokenB string) {
 	t.Helper()
-	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7003")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	c, err := ha.Dial(ctx, "tcp", "192.0.2.12:7003")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var s net.Conn
-	select {
-	case s = <-accepted:
-		defer s.Close()
-	case <-ctx.Done():
-		t.Fatal("no accept")
-	}
+	c, s := tcpPair(t, ctx, ha, hb, "192.0.2.12:7003")
 	var bindings [][]byte
 	for _, side := range []struct {
 		sock string

@@ -68,29 +68,7 @@ func TestTokenAPIEvents(t *testing.T) {
 	ob := startObold(t, hb, confB)
 	swanctl(t, ha, "--initiate", "--child", "host")
 
-	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7011")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	ca, err := ha.Dial(ctx, "tcp", "192.0.2.12:7011")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	var cb net.Conn
-	select {
-	case cb = <-accepted:
-		defer cb.Close()
-	case <-ctx.Done():
-		t.Fatal("hostb accepted nothing")
-	}
+	ca, cb := tcpPair(t, ctx, ha, hb, "192.0.2.12:7011")
 
 	evA, err := client.DialEvents(ctx, sockA)
 	if err != nil {
@@ -423,29 +401,7 @@ func TestTokenAPIIdentityChanged(t *testing.T) {
 	ob := startObold(t, hb, confB)
 	swanctl(t, ha, "--initiate", "--child", "host")
 
-	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7016")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	ca, err := ha.Dial(ctx, "tcp", "192.0.2.12:7016")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	var cb net.Conn
-	select {
-	case cb = <-accepted:
-		defer cb.Close()
-	case <-ctx.Done():
-		t.Fatal("hostb accepted nothing")
-	}
+	ca, cb := tcpPair(t, ctx, ha, hb, "192.0.2.12:7016")
 	type end struct {
 		name, oldID, newID string
 		ev                 *client.Events
@@ -454,6 +410,7 @@ func TestTokenAPIIdentityChanged(t *testing.T) {
 	ends := []*end{{name: "hosta", oldID: "192.0.2.12", newID: "hostb.lab.example"}, {name: "hostb", oldID: "192.0.2.11", newID: "hosta.lab.example"}}
 	for i, sock := range []string{sockA, sockB} {
 		e := ends[i]
+		var err error
 		if e.ev, err = client.DialEvents(ctx, sock); err != nil {
 			t.Fatal(err)
 		}
