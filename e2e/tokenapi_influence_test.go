@@ -72,6 +72,19 @@ func newSink(t *testing.T, ln net.Listener) *sink {
 	return s
 }
 
+// expect waits for the sink to report a closed connection of want bytes.
+func (s *sink) expect(t *testing.T, ctx context.Context, want int) {
+	t.Helper()
+	select {
+	case n := <-s.got:
+		if n != want {
+			t.Fatalf("the sink got %d bytes, want %d", n, want)
+		}
+	case <-ctx.Done():
+		t.Fatal("the sink never got the data")
+	}
+}
+
 // dialTCP connects from n and returns the connection and its local port.
 func dialTCP(t *testing.T, ctx context.Context, n *lab.Node, addr string) (*net.TCPConn, int) {
 	t.Helper()
@@ -192,14 +205,7 @@ func TestTokenProtect(t *testing.T) {
 
 	// Data crossed, and only as ESP.
 	conn.CloseWrite()
-	select {
-	case n := <-sinkB.got:
-		if n != len(payload) {
-			t.Fatalf("hostb got %d bytes, want %d", n, len(payload))
-		}
-	case <-ctx.Done():
-		t.Fatal("hostb never got the data")
-	}
+	sinkB.expect(t, ctx, len(payload))
 	assertEncrypted(t, clear, esp)
 
 	// 3. The tunnel goes away; the pinned socket's sends stay off the
@@ -347,14 +353,7 @@ func TestTokenProtectSwanctl(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.CloseWrite()
-	select {
-	case n := <-sinkB.got:
-		if n != len(payload) {
-			t.Fatalf("hostb got %d bytes, want %d", n, len(payload))
-		}
-	case <-ctx.Done():
-		t.Fatal("hostb never got the data")
-	}
+	sinkB.expect(t, ctx, len(payload))
 	assertEncrypted(t, clear, esp)
 
 	// The configured tunnel wins over everyone, root included.
