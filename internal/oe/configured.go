@@ -42,34 +42,40 @@ type configuredSet struct {
 }
 
 // configured returns the conns obold does not own. It never waits for
-// charon once it has a list: an older list (than configuredTTL) is
-// returned at once and refreshed in the background, so neither side of a
-// negotiation pays list-conns and list-sas on its critical path (the
-// responder must load its conn before the initiator's IKE_AUTH arrives).
-// Only the first call, or one after charon restarted, waits for the lists.
+// charon once it has a list: refreshConfigured keeps the list current in
+// the background on its own clock, so neither side of a negotiation pays
+// list-conns and list-sas on its critical path, nor queues its load-conn
+// behind them (the responder must load its conn before the initiator's
+// IKE_AUTH arrives, a few milliseconds after IKE_SA_INIT). Only the first
+// call, or one after charon restarted, waits for the lists.
 func (e *Engine) configured(ctx context.Context) ([]configuredConn, error) {
 	e.cfgMu.Lock()
-	have, fresh := !e.cfgSet.fetched.IsZero(), time.Since(e.cfgSet.fetched) < configuredTTL
-	conns := e.cfgSet.conns
-	if have && !fresh && !e.cfgRefreshing {
-		e.cfgRefreshing = true
-		e.wg.Add(1)
-		go func() {
-			defer e.wg.Done()
-			_, err := e.fetchConfigured(context.WithoutCancel(ctx))
-			e.cfgMu.Lock()
-			e.cfgRefreshing = false
-			e.cfgMu.Unlock()
-			if err != nil {
-				e.log.Warn("OE: refreshing charon's configured conns failed; the last list stays in use", "err", err)
-			}
-		}()
-	}
+	have, conns := !e.cfgSet.fetched.IsZero(), e.cfgSet.conns
 	e.cfgMu.Unlock()
 	if have {
 		return conns, nil
 	}
 	return e.fetchConfigured(ctx)
+}
+
+// refreshConfigured re-reads charon's configured conns every configuredTTL
+// until ctx ends (swanctl --load-conns raises no event).
+func (e *Engine) refreshConfigured(ctx context.Context) {
+	t := time.NewTicker(configuredTTL)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.cfgMu.Lock()
+		e.cfgSet.fetched = time.Time{}.Add(1) // stale: fetch again, keep serving the old list
+		e.cfgMu.Unlock()
+		if _, err := e.fetchConfigured(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("OE: refreshing charon's configured conns failed; the last list stays in use", "err", err)
+		}
+	}
 }
 
 // fetchConfigured asks charon for its conns and SAs and caches the conns

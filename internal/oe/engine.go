@@ -168,9 +168,9 @@ type Engine struct {
 	// cfgRefreshing; cfgFetchMu serializes fetches from charon.
 	cfgMu         sync.Mutex
 	cfgSet        configuredSet
-	cfgRefreshing bool
 	cfgFetchMu    sync.Mutex
-	cfgPrefetched chan struct{} // closed when the last prefetch ended (e.mu)
+	cfgPrefetched chan struct{}      // closed when the last prefetch ended (e.mu)
+	stopRefresh   context.CancelFunc // ends refreshConfigured (Stop, Leave)
 	// initiating holds one token per initiate in progress (MaxInitiates):
 	// ike_timeout starts once one is held.
 	initiating chan struct{}
@@ -290,6 +290,15 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.log.Info("adopted OE tunnels left by an earlier obold", "tunnels", n)
 	}
 	e.prefetchConfigured()
+	rctx, stopRefresh := context.WithCancel(ctx)
+	e.mu.Lock()
+	e.stopRefresh = stopRefresh
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.refreshConfigured(rctx)
+	}()
 	e.log.Info("OE started", "identity", e.id, "addresses", e.local, "traps", len(e.pol.Prefixes(policy.Private, policy.PrivateOrClear)), "policies", len(installed))
 	return nil
 }
@@ -1695,6 +1704,9 @@ func (e *Engine) adopt(ctx context.Context) (int, error) {
 func (e *Engine) Leave() {
 	e.mu.Lock()
 	e.stopped = true
+	if e.stopRefresh != nil {
+		e.stopRefresh()
+	}
 	e.mu.Unlock()
 	e.wg.Wait()
 	e.log.Info("OE stopped; tunnels and kernel policies left for the next obold (on_stop = \"leave\")")
@@ -1705,6 +1717,9 @@ func (e *Engine) Leave() {
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	e.stopped = true
+	if e.stopRefresh != nil {
+		e.stopRefresh()
+	}
 	var all []*Tunnel
 	for pair, t := range e.tunnels {
 		all = append(all, t)
