@@ -247,22 +247,7 @@ func TestTokenAPILabelUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7014")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			defer c.Close()
-			<-ctx.Done()
-		}
-	}()
-	tc, err := ha.Dial(ctx, "tcp", "192.0.2.12:7014")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
+	tc, _ := tcpPair(t, ctx, ha, hb, "192.0.2.12:7014")
 	ca, err := client.Dial(ctx, sockA)
 	if err != nil {
 		t.Fatal(err)
@@ -310,22 +295,7 @@ func TestTokenAPIRekeyFailed(t *testing.T) {
 	oa := startObold(t, ha, confA)
 	swanctl(t, ha, "--initiate", "--child", "host")
 
-	ln, err := hb.Listen(ctx, "tcp", "192.0.2.12:7015")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			defer c.Close()
-			<-ctx.Done()
-		}
-	}()
-	c, err := ha.Dial(ctx, "tcp", "192.0.2.12:7015")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := tcpPair(t, ctx, ha, hb, "192.0.2.12:7015")
 	ev, err := client.DialEvents(ctx, sockA)
 	if err != nil {
 		t.Fatal(err)

@@ -155,22 +155,7 @@ func TestTokenAPI(t *testing.T) {
 
 	// A clear connection (no SA to the resolver's host): privacy and
 	// integrity false, with the reason.
-	dl, err := dnsNode.Listen(ctx, "tcp", "192.0.2.53:7002")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dl.Close()
-	go func() {
-		if c, err := dl.Accept(); err == nil {
-			defer c.Close()
-			<-ctx.Done()
-		}
-	}()
-	cc, err := ha.Dial(ctx, "tcp", "192.0.2.53:7002")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc, _ := tcpPair(t, ctx, ha, dnsNode, "192.0.2.53:7002")
 	pc, err := ca.PToken(ctx, cc.(*net.TCPConn))
 	if err != nil {
 		t.Fatal(err)
