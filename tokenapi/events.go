@@ -70,7 +70,7 @@ func (s *Server) subscribe(ctx context.Context, cl *clientConn, id uint32, fd in
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
 	}
 	cl.subs[sub.id] = sub
-	s.holdPeerLocked(cl, a.state.itoken, a.entry)
+	s.holdPeerLocked(cl, a.state.itoken, a.peer)
 	return msg
 }
 
@@ -228,11 +228,11 @@ func (s *Server) reassess(ctx context.Context, changes []Change) {
 			s.pushLocked(r.cl, msg)
 		}
 		if sub.last.itoken != a.state.itoken {
-			s.holdPeerLocked(r.cl, a.state.itoken, a.entry)
+			s.holdPeerLocked(r.cl, a.state.itoken, a.peer)
 			s.dropPeerLocked(r.cl, sub.last.itoken)
-		} else if a.entry != nil {
+		} else if a.peer != nil {
 			if e := s.peers[a.state.itoken]; e != nil {
-				e.peer, e.auth, e.audit = a.entry.peer, a.entry.auth, a.entry.audit
+				e.facts = a.peer
 			}
 		}
 		sub.last = a.state

@@ -55,6 +55,16 @@ type Protection struct {
 	// PeerUnknown: those CHILD_SAs belong to different peers, so the flow's
 	// peer is not known either.
 	PeerUnknown bool
+	// Memo, when not 0, names Child and Peer exactly: answers with equal
+	// Memos carry equal Child and Peer, so the server reuses what it
+	// derived from them. 0 means the facts make no such promise.
+	Memo uint64
+}
+
+// quickFacts is a Facts that can often answer from what it already holds,
+// without blocking; ok false means: ask Protection, with a deadline.
+type quickFacts interface {
+	protectionNow(f Flow) (p Protection, ok bool)
 }
 
 // Child is the CHILD_SA a protected flow uses.

@@ -134,6 +134,9 @@ type hostFacts struct {
 	mu   sync.Mutex // held across a rebuild: concurrent queries share it
 	ix   *Index
 	gen  uint64
+	// memoBase is the Protection.Memo of ix's first SA; every index gets
+	// fresh numbers, so a Memo never names two different SAs.
+	memoBase, nextMemo uint64
 }
 
 // index returns the index for the host's current generation.
@@ -149,7 +152,45 @@ func (f *hostFacts) index(ctx context.Context) (*Index, error) {
 		return nil, err
 	}
 	f.ix, f.gen = NewIndex(snap.SAs), snap.Generation
+	f.memoBase = f.nextMemo + 1
+	f.nextMemo += uint64(len(snap.SAs)) + 1
 	return f.ix, nil
+}
+
+// protectionNow answers a flow that an SA of the current index covers
+// without waiting for anything: no snapshot to fetch, no lock held by a
+// rebuild. Anything else goes the long way, through Protection.
+func (f *hostFacts) protectionNow(fl Flow) (Protection, bool) {
+	g := f.host.Generation()
+	if !f.mu.TryLock() {
+		return Protection{}, false
+	}
+	ix, base, current := f.ix, f.memoBase, f.ix != nil && f.gen == g
+	f.mu.Unlock()
+	if !current {
+		return Protection{}, false
+	}
+	return find(ix, base, fl)
+}
+
+// find answers fl from ix when an SA covers it.
+func find(ix *Index, base uint64, fl Flow) (Protection, bool) {
+	i, cands, ok := ix.findLabeled(fl)
+	if !ok {
+		return Protection{}, false
+	}
+	sa := &ix.sas[i]
+	p := Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}
+	if len(cands) == 0 {
+		p.Memo = base + uint64(i)
+	}
+	for _, c := range cands {
+		p.LabelCandidates = append(p.LabelCandidates, c.Child)
+		if !bytes.Equal(identityKey(c.Peer, DeriveAuthMethod(c.Peer)), identityKey(sa.Peer, DeriveAuthMethod(sa.Peer))) {
+			p.PeerUnknown = true
+		}
+	}
+	return p, true
 }
 
 // Protection implements Facts.
@@ -158,13 +199,15 @@ func (f *hostFacts) Protection(ctx context.Context, fl Flow) (Protection, error)
 	if err != nil {
 		return Protection{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if sa, cands, ok := ix.FindLabeled(fl); ok {
-		p := Protection{Protected: true, Child: sa.Child, Peer: sa.Peer}
-		for _, c := range cands {
-			p.LabelCandidates = append(p.LabelCandidates, c.Child)
-			if !bytes.Equal(identityKey(c.Peer, DeriveAuthMethod(c.Peer)), identityKey(sa.Peer, DeriveAuthMethod(sa.Peer))) {
-				p.PeerUnknown = true
-			}
+	f.mu.Lock()
+	base := f.memoBase
+	if f.ix != ix {
+		base = 0 // rebuilt meanwhile: ix's numbers are gone, promise nothing
+	}
+	f.mu.Unlock()
+	if p, ok := find(ix, base, fl); ok {
+		if base == 0 {
+			p.Memo = 0
 		}
 		return p, nil
 	}

@@ -121,6 +121,15 @@ func (ix *Index) Find(f Flow) (TokenSA, bool) {
 // (the caller cannot tell which the kernel uses, so it must not claim a
 // label).
 func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
+	i, cands, ok := ix.findLabeled(f)
+	if !ok {
+		return TokenSA{}, nil, false
+	}
+	return ix.sas[i], cands, true
+}
+
+// findLabeled is FindLabeled answering with the chosen SA's position.
+func (ix *Index) findLabeled(f Flow) (int, []TokenSA, bool) {
 	// One pass without allocation: the query path stays as cheap as Find.
 	type pick struct{ i, spec int }
 	none := pick{i: -1}
@@ -154,15 +163,15 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 	ix.candidates(f, consider)
 	switch {
 	case best.i < 0:
-		return TokenSA{}, nil, false
+		return -1, nil, false
 	case f.Label != "" && withLabel.i >= 0:
-		return ix.sas[withLabel.i], nil, true
+		return withLabel.i, nil, true
 	case f.Label != "" && unlabeled.i >= 0:
 		// No SA carries the socket's label: an unlabeled one is what the
 		// flow can use.
-		return ix.sas[unlabeled.i], nil, true
+		return unlabeled.i, nil, true
 	case f.Label != "" || !labelsDiffer:
-		return ix.sas[best.i], nil, true
+		return best.i, nil, true
 	}
 	// Rare: SAs with different labels cover the flow and the socket's label
 	// is unknown. One candidate per label, the best of each first.
@@ -188,7 +197,7 @@ func (ix *Index) FindLabeled(f Flow) (TokenSA, []TokenSA, bool) {
 			cands = append(cands, ix.sas[c.i])
 		}
 	}
-	return ix.sas[best.i], cands, true
+	return best.i, cands, true
 }
 
 // candidates calls try with every SA that may cover f: those kept under

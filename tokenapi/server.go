@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -54,13 +55,37 @@ type Server struct {
 	mu      sync.Mutex
 	peers   map[uint64]*peerEntry // live iTokens, by handle
 	clients map[*clientConn]struct{}
+
+	// memo keeps what was derived from each SA the facts named by
+	// Protection.Memo, so repeated queries redo none of it (see saFactsOf).
+	memoMu sync.Mutex
+	memo   map[uint64]*saFacts
+}
+
+// maxMemo bounds the memo: past it, it starts again empty (entries of old
+// snapshots are never asked for again, so nothing better is lost).
+const maxMemo = 1 << 14
+
+// peerFacts is what an iToken says of its peer. Shared between queries and
+// never modified: a newer answer replaces the pointer.
+type peerFacts struct {
+	peer  Peer
+	auth  AuthFacts
+	audit string
 }
 
 type peerEntry struct {
 	refs  int // live pTokens referring to it, over all clients
-	peer  Peer
-	auth  AuthFacts
-	audit string
+	facts *peerFacts
+}
+
+// saFacts is what the server derives from one CHILD_SA and its peer: all
+// of a pToken but the flow.
+type saFacts struct {
+	how    HowFacts
+	itoken uint64
+	peer   *peerFacts
+	audit  string // the pToken audit after "FLOW: "
 }
 
 type pToken struct {
@@ -96,7 +121,8 @@ func NewServer(cfg Config, facts Facts, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, facts: facts, log: log, peers: map[uint64]*peerEntry{}, clients: map[*clientConn]struct{}{}}
+	s := &Server{cfg: cfg, facts: facts, log: log, peers: map[uint64]*peerEntry{}, clients: map[*clientConn]struct{}{},
+		memo: map[uint64]*saFacts{}}
 	for _, g := range cfg.LowerGroups {
 		gid, err := lookupGID(g)
 		if err != nil {
@@ -255,9 +281,10 @@ func (s *Server) serveClient(ctx context.Context, c *net.UnixConn) {
 
 	buf := make([]byte, wire.MaxMessage+1)
 	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
+	fdBuf := make([]int, 0, maxFDs)
 	for {
 		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
-		fds := receivedFDs(oob[:oobn])
+		fds := receivedFDs(fdBuf[:0], oob[:oobn])
 		if err != nil || (n == 0 && oobn == 0) {
 			closeFDs(fds)
 			log.Debug("tokenapi: client gone", "err", err)
@@ -271,15 +298,25 @@ func (s *Server) serveClient(ctx context.Context, c *net.UnixConn) {
 	}
 }
 
-func receivedFDs(oob []byte) []int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for _, m := range msgs {
-		if f, err := unix.ParseUnixRights(&m); err == nil {
-			fds = append(fds, f...)
+// receivedFDs appends to fds the descriptors SCM_RIGHTS messages in oob
+// brought; it walks the control messages in place (unix's parser
+// allocates, and this runs for every request).
+func receivedFDs(fds []int, oob []byte) []int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		n := int(h.Len)
+		if n < unix.SizeofCmsghdr || n > len(oob) {
+			break
+		}
+		if data := oob[unix.CmsgLen(0):n]; h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS && len(data)%4 == 0 {
+			for ; len(data) >= 4; data = data[4:] {
+				fds = append(fds, int(int32(binary.NativeEndian.Uint32(data))))
+			}
+		}
+		if space := unix.CmsgSpace(n - unix.CmsgLen(0)); space < len(oob) {
+			oob = oob[space:]
+		} else {
+			break
 		}
 	}
 	return fds
@@ -464,7 +501,7 @@ func (s *Server) refusal(id uint32, err error) []byte {
 // pToken (without its handle) and the peer behind its iToken.
 type assessment struct {
 	state flowState
-	entry *peerEntry // nil when no peer
+	peer  *peerFacts // nil when no peer
 }
 
 // flowState is what an event compares: a change of any field is news.
@@ -494,6 +531,11 @@ func (st flowState) attrs(b *wire.Builder) *wire.Builder {
 
 // assess looks flow up; the error is an ERROR reply's code and text.
 func (s *Server) assess(ctx context.Context, flow Flow) (assessment, *reqError) {
+	if q, ok := s.facts.(quickFacts); ok {
+		if p, ok := q.protectionNow(flow); ok {
+			return s.assessProtection(flow, p), nil
+		}
+	}
 	fctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	p, err := s.facts.Protection(fctx, flow)
@@ -513,6 +555,15 @@ func (s *Server) assessProtection(flow Flow, p Protection) assessment {
 	if !p.Protected && p.Why == wire.ReasonNone {
 		p.Why = wire.ReasonUnknown
 	}
+	if p.Protected && len(p.LabelCandidates) <= 1 {
+		// The usual answer: everything but the flow comes from the SA.
+		sf := s.saFactsOf(p)
+		return assessment{peer: sf.peer, state: flowState{
+			protected: true, privacy: sf.how.Privacy, integrity: sf.how.Integrity, compression: sf.how.Compression,
+			itoken: sf.itoken, label: p.Child.Label, ike: p.Child.IKEName, child: p.Child.Name,
+			audit: withFlow(flow, sf.audit),
+		}}
+	}
 	how := Classify(p, s.cfg.UntrustedCiphers)
 	st := flowState{protected: p.Protected, privacy: how.Privacy, integrity: how.Integrity, compression: how.Compression}
 	var a assessment
@@ -521,7 +572,7 @@ func (s *Server) assessProtection(flow Flow, p Protection) assessment {
 		st.itoken = s.itokenHandle(identityKey(p.Peer, auth))
 		st.label = p.Child.Label
 		st.ike, st.child = p.Child.IKEName, p.Child.Name
-		a.entry = &peerEntry{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)}
+		a.peer = &peerFacts{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)}
 		if len(p.LabelCandidates) > 1 {
 			// Several labeled SAs cover the flow and the socket's label is
 			// unknown: name no label, and claim only what all of them give.
@@ -533,7 +584,7 @@ func (s *Server) assessProtection(flow Flow, p Protection) assessment {
 			st.why, st.whyText = wire.ReasonLabelUnknown, labelUnknownText(flow, p.LabelCandidates)
 			if p.PeerUnknown {
 				// Nor can it say who the peer is.
-				st.itoken, a.entry = 0, nil
+				st.itoken, a.peer = 0, nil
 				st.whyText += "; they belong to different peers, so no iToken is claimed either"
 			}
 		}
@@ -546,6 +597,39 @@ func (s *Server) assessProtection(flow Flow, p Protection) assessment {
 	}
 	a.state = st
 	return a
+}
+
+// saFactsOf derives what p's SA and peer give a pToken, or takes it from
+// the memo when the facts named the SA (Protection.Memo).
+func (s *Server) saFactsOf(p Protection) *saFacts {
+	if p.Memo == 0 {
+		return s.deriveSA(p)
+	}
+	s.memoMu.Lock()
+	sf := s.memo[p.Memo]
+	s.memoMu.Unlock()
+	if sf != nil {
+		return sf
+	}
+	sf = s.deriveSA(p)
+	s.memoMu.Lock()
+	if len(s.memo) >= maxMemo {
+		clear(s.memo)
+	}
+	s.memo[p.Memo] = sf
+	s.memoMu.Unlock()
+	return sf
+}
+
+func (s *Server) deriveSA(p Protection) *saFacts {
+	how := Classify(p, s.cfg.UntrustedCiphers)
+	auth := DeriveAuthMethod(p.Peer)
+	return &saFacts{
+		how:    how,
+		itoken: s.itokenHandle(identityKey(p.Peer, auth)),
+		peer:   &peerFacts{peer: p.Peer, auth: auth, audit: auditIToken(p.Peer, auth)},
+		audit:  auditSA(p, how),
+	}
 }
 
 func labelUnknownText(flow Flow, cands []Child) string {
@@ -594,7 +678,7 @@ func (s *Server) newPToken(cl *clientConn, id uint32, t wire.Type, a assessment,
 	if err != nil {
 		return s.errorReply(id, wire.ErrCodeInternal, err.Error())
 	}
-	stored := slices.Clone(msg)
+	stored := msg // the reply is only written, never changed: share it
 	if extra != nil || shown != a.state {
 		if stored, err = a.state.attrs(wire.NewBuilder(wire.TypePTokenReply, id).U64(wire.AttrPToken, 0)).Bytes(); err != nil {
 			return s.errorReply(id, wire.ErrCodeInternal, err.Error())
@@ -613,22 +697,21 @@ func (s *Server) newPToken(cl *clientConn, id uint32, t wire.Type, a assessment,
 	binary.BigEndian.PutUint64(msg[wire.HeaderLen+4:wire.HeaderLen+12], h)
 	binary.BigEndian.PutUint64(stored[wire.HeaderLen+4:wire.HeaderLen+12], h)
 	cl.ptokens[h] = &pToken{reply: stored[wire.HeaderLen:], itoken: a.state.itoken}
-	s.holdPeerLocked(cl, a.state.itoken, a.entry)
+	s.holdPeerLocked(cl, a.state.itoken, a.peer)
 	return msg
 }
 
 // holdPeerLocked counts one more reference of cl to iToken it (a pToken or
 // a subscription), so ITOKEN_GET answers for it.
-func (s *Server) holdPeerLocked(cl *clientConn, it uint64, entry *peerEntry) {
-	if it == 0 || entry == nil {
+func (s *Server) holdPeerLocked(cl *clientConn, it uint64, pf *peerFacts) {
+	if it == 0 || pf == nil {
 		return
 	}
 	if e := s.peers[it]; e != nil {
-		e.peer, e.auth, e.audit = entry.peer, entry.auth, entry.audit // the latest facts win
+		e.facts = pf // the latest facts win
 		e.refs++
 	} else {
-		entry.refs = 1
-		s.peers[it] = entry
+		s.peers[it] = &peerEntry{refs: 1, facts: pf}
 	}
 	cl.itokens[it]++
 }
@@ -662,8 +745,9 @@ func (s *Server) itokenHandle(key []byte) uint64 {
 
 func (s *Server) itokenReply(id uint32, it uint64, e *peerEntry) []byte {
 	s.mu.Lock()
-	peer, auth, audit := e.peer, e.auth, e.audit
+	pf := e.facts
 	s.mu.Unlock()
+	peer, auth, audit := pf.peer, pf.auth, pf.audit
 	b, err := wire.NewBuilder(wire.TypeITokenReply, id).
 		U64(wire.AttrIToken, it).
 		U8(wire.AttrAuthMethod, uint8(auth.Method)).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -166,4 +167,56 @@ func mustBytes(b *wire.Builder) []byte {
 		panic(err)
 	}
 	return out
+}
+
+// TestReceivedFDs: the in-place SCM_RIGHTS walk finds what unix's parser
+// finds, over one and two control messages.
+func TestReceivedFDs(t *testing.T) {
+	tests := []struct {
+		name string
+		oob  []byte
+		want []int
+	}{
+		{"none", nil, nil},
+		{"one", unix.UnixRights(7), []int{7}},
+		{"three in one", unix.UnixRights(3, 4, 5), []int{3, 4, 5}},
+		{"two messages", append(unix.UnixRights(9), unix.UnixRights(10, 11)...), []int{9, 10, 11}},
+		{"truncated header", unix.UnixRights(7)[:8], nil},
+		{"length past the end", func() []byte { b := unix.UnixRights(7); b[0] = 200; return b }(), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := receivedFDs(nil, tc.oob); !slices.Equal(got, tc.want) {
+				t.Errorf("receivedFDs = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzReceivedFDs: any control buffer is walked without a panic, and a
+// well-formed one gives what unix's parser gives.
+func FuzzReceivedFDs(f *testing.F) {
+	f.Add(unix.UnixRights(1, 2))
+	f.Add(append(unix.UnixRights(9), unix.UnixRights(10, 11)...))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, oob []byte) {
+		got := receivedFDs(nil, oob)
+		msgs, err := unix.ParseSocketControlMessage(oob)
+		if err != nil {
+			return
+		}
+		var want []int
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS && len(m.Data) >= 4 && len(m.Data)%4 == 0 {
+				fds, err := unix.ParseUnixRights(&m)
+				if err != nil {
+					return
+				}
+				want = append(want, fds...)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("receivedFDs(%x) = %v, unix says %v", oob, got, want)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -37,13 +38,12 @@ func InspectFD(fd int) (Flow, error) {
 	case err != nil:
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "the passed descriptor cannot be examined (%v); pass a socket", err)
 	}
-	ls, err := unix.Getsockname(fd)
+	local, family, err := socketAddr(fd, unix.SYS_GETSOCKNAME)
 	if err != nil {
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "getsockname: %v", err)
 	}
-	local, ok := sockaddrAP(ls)
-	if !ok {
-		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket is not an IPv4/IPv6 socket (%T); only IP flows can be IPsec-protected", ls)
+	if !local.IsValid() {
+		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket is not an IPv4/IPv6 socket (address family %d); only IP flows can be IPsec-protected", family)
 	}
 	switch proto {
 	case unix.IPPROTO_MPTCP:
@@ -66,7 +66,7 @@ func InspectFD(fd int) (Flow, error) {
 			return Flow{}, refuse(wire.ErrCodeUnsupportedProto, "socket type %d protocol %d is not TCP, UDP or SCTP", typ, proto)
 		}
 	}
-	rs, err := unix.Getpeername(fd)
+	remote, _, err := socketAddr(fd, unix.SYS_GETPEERNAME)
 	if errors.Is(err, unix.ENOTCONN) {
 		if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening != 0 {
 			return Flow{}, refuse(wire.ErrCodeNotConnected, "the socket is listening; pass the connected socket accept() returned")
@@ -76,8 +76,7 @@ func InspectFD(fd int) (Flow, error) {
 	if err != nil {
 		return Flow{}, refuse(wire.ErrCodeNotSocket, "getpeername: %v", err)
 	}
-	remote, ok := sockaddrAP(rs)
-	if !ok {
+	if !remote.IsValid() {
 		return Flow{}, refuse(wire.ErrCodeNotInet, "the socket's peer address is not IPv4/IPv6")
 	}
 	f := Flow{Local: local, Remote: remote, Protocol: uint8(proto)}
@@ -91,11 +90,44 @@ func InspectFD(fd int) (Flow, error) {
 // has none. Without an active LSM (as on the project's lab kernel) the
 // call fails with ENOPROTOOPT and the label is simply unknown.
 func peerLabel(fd int) string {
-	l, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_PEERSEC)
-	if err != nil {
+	// A stack buffer: unix.GetsockoptString allocates one per call, and
+	// this runs on every TCP query. Longer contexts fail with ERANGE and
+	// are unknown, as SELinux contexts of 256 bytes and more are rare.
+	var buf [256]byte
+	n := uint32(len(buf))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERSEC,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 || n == 0 || int(n) > len(buf) {
 		return ""
 	}
-	return strings.TrimRight(l, "\x00")
+	return strings.TrimRight(string(buf[:n]), "\x00")
+}
+
+// socketAddr is getsockname or getpeername (trap) of fd, read into a stack
+// buffer (unix.Getsockname allocates; this is on every query's path). The
+// address is invalid when the family is not IPv4/IPv6; family says which
+// it was.
+func socketAddr(fd int, trap uintptr) (ap netip.AddrPort, family uint16, err error) {
+	var rsa unix.RawSockaddrAny
+	l := uint32(unix.SizeofSockaddrAny)
+	if _, _, e := unix.Syscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l))); e != 0 {
+		return netip.AddrPort{}, 0, e
+	}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(&sa.Port)), unix.AF_INET, nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return unmapAP(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), netPort(&sa.Port))), unix.AF_INET6, nil
+	}
+	return netip.AddrPort{}, rsa.Addr.Family, nil
+}
+
+// netPort reads a sockaddr's port, which is in network byte order.
+func netPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // InspectDatagramFD reads the flow of one datagram an unconnected (or

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -292,7 +293,9 @@ func (c *Client) roundTrip(ctx context.Context, t wire.Type, attrs func(*wire.Bu
 		if n == 0 {
 			return wire.Message{}, fmt.Errorf("token API: obold closed the connection")
 		}
-		m, err := wire.Decode(c.buf[:n])
+		// Decode a copy: the reply outlives c.buf's next read, and one
+		// copy of the message is cheaper than one per attribute.
+		m, err := wire.Decode(slices.Clone(c.buf[:n]))
 		if err != nil {
 			return wire.Message{}, fmt.Errorf("token API: bad reply to %s: %w", t, err)
 		}
@@ -303,16 +306,8 @@ func (c *Client) roundTrip(ctx context.Context, t wire.Type, attrs func(*wire.Bu
 			code, _ := m.U16(wire.AttrErrorCode)
 			return m, &Error{Code: wire.ErrorCode(code), Text: m.String(wire.AttrErrorText)}
 		}
-		return wire.Message{Header: m.Header, Attrs: cloneAttrs(m.Attrs)}, nil
+		return m, nil
 	}
-}
-
-func cloneAttrs(a []wire.Attr) []wire.Attr {
-	out := make([]wire.Attr, len(a))
-	for i, x := range a {
-		out[i] = wire.Attr{Type: x.Type, Value: append([]byte(nil), x.Value...)}
-	}
-	return out
 }
 
 // ctxErr makes a deadline hit while waiting on the socket an error that

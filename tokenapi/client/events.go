@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -100,7 +101,7 @@ func (e *Events) read() {
 			}
 			return
 		}
-		m, err := wire.Decode(buf[:n])
+		m, err := wire.Decode(slices.Clone(buf[:n])) // the event outlives buf
 		if err != nil {
 			e.errMu.Lock()
 			e.err = fmt.Errorf("token API events: bad message from obold: %w", err)
@@ -108,7 +109,6 @@ func (e *Events) read() {
 			e.conn.Close()
 			return
 		}
-		m.Attrs = cloneAttrs(m.Attrs)
 		if m.Type == wire.TypeEvent && m.ID == 0 {
 			sid, _ := m.U64(wire.AttrSubscription)
 			kind, _ := m.U8(wire.AttrEventKind)

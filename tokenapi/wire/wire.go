@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -209,6 +210,9 @@ func Decode(b []byte) (Message, error) {
 		return Message{Header: h}, bad("version %d, this side speaks %d", h.Version, Version)
 	}
 	m := Message{Header: h}
+	if len(body) > 0 {
+		m.Attrs = make([]Attr, 0, 12) // a pToken reply's count: one allocation
+	}
 	for len(body) > 0 {
 		if len(m.Attrs) == MaxAttrs {
 			return m, bad("more than %d attributes", MaxAttrs)
@@ -238,7 +242,6 @@ func checkAttr(t uint16, v []byte) error {
 		}
 		return nil
 	}
-	want := map[kind]int{kindU8: 1, kindBool: 1, kindU16: 2, kindU64: 8}[k]
 	switch k {
 	case kindString:
 		if len(v) > MaxString {
@@ -261,7 +264,7 @@ func checkAttr(t uint16, v []byte) error {
 			return bad("attribute %d: %d bytes, limit %d", t, len(v), MaxBlob)
 		}
 	default:
-		if len(v) != want {
+		if want := fixedSize(k); len(v) != want {
 			return bad("attribute %d: %d bytes, want %d", t, len(v), want)
 		}
 		if k == kindBool && v[0] > 1 {
@@ -269,6 +272,17 @@ func checkAttr(t uint16, v []byte) error {
 		}
 	}
 	return nil
+}
+
+// fixedSize is the value size of a fixed-size kind.
+func fixedSize(k kind) int {
+	switch k {
+	case kindU16:
+		return 2
+	case kindU64:
+		return 8
+	}
+	return 1 // kindU8, kindBool
 }
 
 // Find returns the first attribute of type t (critical bit ignored).
@@ -347,33 +361,52 @@ func NewBuilder(t Type, id uint32) *Builder {
 	return b
 }
 
-func (b *Builder) add(t uint16, v []byte) *Builder {
+// head appends the header of an attribute of n bytes; false when the
+// message cannot take it (b.err says why).
+func (b *Builder) head(t uint16, n int) bool {
 	if b.err != nil {
-		return b
+		return false
 	}
-	if len(v) > 0xFFFF || len(b.buf)+4+len(v) > MaxMessage || b.n == MaxAttrs {
+	if n > 0xFFFF || len(b.buf)+4+n > MaxMessage || b.n == MaxAttrs {
 		b.err = fmt.Errorf("token API message too large at attribute %d", t)
-		return b
+		return false
 	}
 	b.buf = binary.BigEndian.AppendUint16(b.buf, t)
-	b.buf = binary.BigEndian.AppendUint16(b.buf, uint16(len(v)))
-	b.buf = append(b.buf, v...)
+	b.buf = binary.BigEndian.AppendUint16(b.buf, uint16(n))
 	b.n++
+	return true
+}
+
+func (b *Builder) add(t uint16, v []byte) *Builder {
+	if b.head(t, len(v)) {
+		b.buf = append(b.buf, v...)
+	}
 	return b
 }
 
 // U64 adds a 64-bit number.
 func (b *Builder) U64(t uint16, v uint64) *Builder {
-	return b.add(t, binary.BigEndian.AppendUint64(nil, v))
+	if b.head(t, 8) {
+		b.buf = binary.BigEndian.AppendUint64(b.buf, v)
+	}
+	return b
 }
 
 // U16 adds a 16-bit number.
 func (b *Builder) U16(t uint16, v uint16) *Builder {
-	return b.add(t, binary.BigEndian.AppendUint16(nil, v))
+	if b.head(t, 2) {
+		b.buf = binary.BigEndian.AppendUint16(b.buf, v)
+	}
+	return b
 }
 
 // U8 adds a byte.
-func (b *Builder) U8(t uint16, v uint8) *Builder { return b.add(t, []byte{v}) }
+func (b *Builder) U8(t uint16, v uint8) *Builder {
+	if b.head(t, 1) {
+		b.buf = append(b.buf, v)
+	}
+	return b
+}
 
 // Bool adds a boolean.
 func (b *Builder) Bool(t uint16, v bool) *Builder {
@@ -389,8 +422,19 @@ func (b *Builder) String(t uint16, s string) *Builder {
 	if s == "" {
 		return b
 	}
-	s = SanitizeString(s)
-	return b.add(t, []byte(s))
+	if !cleanString(s) {
+		s = SanitizeString(s)
+	}
+	if b.head(t, len(s)) {
+		b.buf = append(b.buf, s...)
+	}
+	return b
+}
+
+// cleanString: s is already a valid string attribute (the usual case, so
+// the builder copies it once, straight into the message).
+func cleanString(s string) bool {
+	return len(s) <= MaxString && utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
 }
 
 // Blob adds bytes when there are any.
