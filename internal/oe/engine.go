@@ -377,11 +377,30 @@ func firstPerSelector(ps []xfrm.Policy) []xfrm.Policy {
 	return out
 }
 
-// initiateTries and retryPause shape the retry of one gateway (see initiate).
+// initiateTries and retryPause shape the retry of one gateway (see
+// initiate): the peer's AUTHENTICATION_FAILED on the first try is most
+// likely the responder's race (its key lookup lost to our IKE_AUTH), and
+// the responder has had a whole round trip to finish it, so the second try
+// goes at once; a further one waits retryPause (a slow DNS lookup there).
 const (
-	initiateTries = 2
+	initiateTries = 3
 	retryPause    = 300 * time.Millisecond
 )
+
+// retryWait is how long to wait before try (1-based retries) after err.
+func retryWait(try int, err error) time.Duration {
+	if try == 1 && isAuthRace(err) {
+		return 0
+	}
+	return retryPause
+}
+
+// isAuthRace: the peer refused our authentication (charon's log of the
+// failed initiate names the notify), what a responder without our key yet
+// answers.
+func isAuthRace(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "received AUTHENTICATION_FAILED notify")
+}
 
 // acceptorName is the conn that lets charon accept IKE_SA_INIT from OE
 // peers; without one, charon answers NO_PROPOSAL_CHOSEN before it even logs
@@ -577,7 +596,12 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		e.refuseConfigured(ctx, t, dec, conn, why)
 		return
 	}
+	start := e.p.Now()
+	e.mu.Lock()
+	acquired := t.Since
+	e.mu.Unlock()
 	ans, err := e.p.Resolver.Lookup(ctx, plugins.LookupQuery{Addr: pair.Dst})
+	resolved := e.p.Now()
 	e.mu.Lock()
 	t.DNSSEC, t.Method = ans.DNSSEC, ans.Method
 	e.mu.Unlock()
@@ -630,6 +654,7 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			e.mu.Unlock()
 			err = e.loadConn(ctx, conn, gw)
 		}
+		loaded := e.p.Now()
 		if err == nil {
 			// A responder learns our key only when our IKE_SA_INIT reaches
 			// it; if its DNS lookup loses the race with our IKE_AUTH, the
@@ -639,9 +664,11 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 					e.mu.Lock()
 					t.Attempts++
 					e.mu.Unlock()
-					select {
-					case <-ctx.Done():
-					case <-time.After(retryPause):
+					if wait := retryWait(try, err); wait > 0 {
+						select {
+						case <-ctx.Done():
+						case <-time.After(wait):
+						}
 					}
 				}
 				e.mu.Lock()
@@ -655,8 +682,11 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 			}
 		}
 		if err == nil {
+			established := e.p.Now()
 			e.locate(ctx, t)
 			if e.up(ctx, t) {
+				e.log.Debug("OE setup phases", "pair", pair, "to_start", start.Sub(acquired), "resolve", resolved.Sub(start), "load_conn", loaded.Sub(resolved),
+					"ike", established.Sub(loaded), "locate_allow", e.p.Now().Sub(established))
 				return
 			}
 			err = errors.New("the peer closed the CHILD_SA as soon as it was up (it may refuse this client: see its obolctl oe list)")
@@ -674,20 +704,24 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 // up between the two gateways whose peer config compares equal to the
 // pair's conn (and, on the other side, any OE conn's), not only t.Conn.
 func (e *Engine) locate(ctx context.Context, t *Tunnel) {
-	sas, err := e.p.Charon.ListSAs(ctx, vici.SASelector{})
-	if err != nil {
-		return
-	}
-	for _, sa := range sas {
-		if !strings.HasPrefix(sa.Name, e.p.Prefix+"oe-") {
-			continue
+	// Usually the CHILD_SA is in the conn's own IKE_SA: list that one
+	// first (it is on the setup's path), everything only if it is not.
+	for _, sel := range []vici.SASelector{{IKE: t.Conn}, {}} {
+		sas, err := e.p.Charon.ListSAs(ctx, sel)
+		if err != nil {
+			return
 		}
-		for _, ch := range sa.Children {
-			if p, ok := childPair(ch); ok && p == t.Pair {
-				e.mu.Lock()
-				t.ike = sa.Name
-				e.mu.Unlock()
-				return
+		for _, sa := range sas {
+			if !strings.HasPrefix(sa.Name, e.p.Prefix+"oe-") {
+				continue
+			}
+			for _, ch := range sa.Children {
+				if p, ok := childPair(ch); ok && p == t.Pair {
+					e.mu.Lock()
+					t.ike = sa.Name
+					e.mu.Unlock()
+					return
+				}
 			}
 		}
 	}

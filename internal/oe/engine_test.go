@@ -464,8 +464,32 @@ func TestFailoverToNextGateway(t *testing.T) {
 	r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
 	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
 	tu := r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
-	if tu.Gateway != "192.0.2.3" || tu.Attempts != 3 { // two tries on the first, one on the second
+	if tu.Gateway != "192.0.2.3" || tu.Attempts != initiateTries+1 { // every try on the first, one on the second
 		t.Errorf("tunnel %+v", tu)
+	}
+}
+
+// TestRetryWait: the responder's race (the peer's AUTHENTICATION_FAILED
+// on the first try) is retried at once; anything else, and any later try,
+// waits.
+func TestRetryWait(t *testing.T) {
+	race := errors.New(`vici: initiate child "oe" of conn "obol-oe-x": charon says: establishing CHILD_SA 'oe' failed (charon log: establishing CHILD_SA oe{3}; received AUTHENTICATION_FAILED notify error): check both peers' conns`)
+	timeout := errors.New(`vici: initiate child "oe": charon says: establishing CHILD_SA 'oe' failed (charon log: giving up after 5 retransmits)`)
+	tests := []struct {
+		name string
+		try  int
+		err  error
+		want time.Duration
+	}{
+		{"race, first retry", 1, race, 0},
+		{"race, second retry", 2, race, retryPause},
+		{"no answer", 1, timeout, retryPause},
+		{"our own refusal", 1, errors.New("AUTHENTICATION_FAILED"), retryPause},
+	}
+	for _, tc := range tests {
+		if got := retryWait(tc.try, tc.err); got != tc.want {
+			t.Errorf("%s: retryWait = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 
