@@ -70,6 +70,7 @@ charon-systemd {
 			ike = 2
 			flush_line = yes
 			time_format = %%T
+			time_add_ms = yes
 		}
 	}
 %[3]s
