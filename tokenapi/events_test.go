@@ -18,7 +18,7 @@ import (
 )
 
 // listen opens a loopback listener that accepts and holds connections.
-func listen(t *testing.T) *net.TCPListener {
+func listen(t testing.TB) *net.TCPListener {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -37,7 +37,7 @@ func listen(t *testing.T) *net.TCPListener {
 	return ln
 }
 
-func dialTCP(t *testing.T, ln *net.TCPListener) *net.TCPConn {
+func dialTCP(t testing.TB, ln *net.TCPListener) *net.TCPConn {
 	t.Helper()
 	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {

@@ -61,23 +61,10 @@ func portSAs(t testing.TB, first, n int, c tokenapi.Child, p tokenapi.Peer) []to
 
 func hostEnv(t testing.TB, n int) (*swapHost, *client.Client, *net.TCPConn) {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-		}
-	}()
+	ln := listen(t)
 	port := ln.Addr().(*net.TCPAddr).Port
 	h := &swapHost{}
-	// The flow's SA sits among n-1 others (ports below it, wrapping).
+	// The flow's SA sits among n-1 others, for the ports below its own.
 	h.set(portSAs(t, port-n+1, n, gcm, peerA))
 	_, sock := tokenapitest.Serve(t, tokenapi.Config{}, tokenapi.HostFacts(h))
 	ctx := context.Background()
@@ -86,12 +73,7 @@ func hostEnv(t testing.TB, n int) (*swapHost, *client.Client, *net.TCPConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return h, c, conn
+	return h, c, dialTCP(t, ln)
 }
 
 // TestHostFactsNewSnapshotNewAnswer: what the server derives from an SA is
