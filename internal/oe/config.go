@@ -46,6 +46,11 @@ type Config struct {
 	RetryMax Duration `toml:"retry_max"`
 	// IKETimeout bounds one IKE negotiation with one gateway.
 	IKETimeout Duration `toml:"ike_timeout"`
+	// ConnLinger is how long a closed responder tunnel's conn stays loaded
+	// in charon, at most as long as the DNS answer it was built from may be
+	// cached: when the initiator comes again, the responder's key lookup
+	// no longer races its IKE_AUTH. "0s" unloads at once. Default 2m.
+	ConnLinger *Duration `toml:"conn_linger"`
 	// DNS configures the resolver module.
 	DNS resolver.Config `toml:"dns"`
 	// Groups are the policy groups.
@@ -91,6 +96,10 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.IKETimeout == 0 {
 		c.IKETimeout = Duration(10 * time.Second)
+	}
+	if c.ConnLinger == nil {
+		d := Duration(2 * time.Minute)
+		c.ConnLinger = &d
 	}
 	return c
 }

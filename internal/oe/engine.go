@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -103,6 +104,10 @@ type Tunnel struct {
 	ike string
 	// ownsConn: teardown unloads Conn (the conn this record loaded).
 	ownsConn bool
+	// loaded is what this record loaded as Conn (no PSK), and connUntil
+	// how long its DNS answer may be cached: teardown parks it till then.
+	loaded    vici.Conn
+	connUntil time.Time
 	// gwLevel marks a responder's record of an initiating gateway (pair =
 	// the IKE addresses) that carries no CHILD_SA of its own: its clients'
 	// pairs have records of their own.
@@ -159,6 +164,9 @@ type Engine struct {
 	ctx     context.Context
 	stopped bool
 
+	// parked are closed tunnels' conns left loaded (ConnLinger), by name.
+	parked map[string]parkedConn
+
 	// initKeys are the gateway keys pinned in each initiator conn (PEM),
 	// taken from a client's record: the conn's accepting child may carry
 	// another client only if its DNS vouches for these keys too.
@@ -179,6 +187,70 @@ type Engine struct {
 type backoff struct {
 	until time.Time
 	next  time.Duration
+}
+
+// parkedConn is a closed responder's conn left loaded in charon while the
+// DNS answer it came from is valid (see Config.ConnLinger). Initiator
+// conns are never parked: they carry the pair's own child besides the
+// accepting one, and charon would pick them to answer the peer's next
+// initiation with that child, which the responder's checks do not take.
+type parkedConn struct {
+	conn  vici.Conn
+	until time.Time
+}
+
+// loadedFor records on t the conn it loaded (or took back) from an answer
+// valid for ttl, so teardown may park it; PSK conns are never parked (the
+// secret is not part of what unpark compares).
+func (e *Engine) loadedFor(t *Tunnel, conn vici.Conn, gw plugins.Gateway, ttl time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t.loaded, t.connUntil = vici.Conn{}, time.Time{}
+	if len(gw.PSK) > 0 {
+		return
+	}
+	t.loaded, t.connUntil = conn, e.p.Now().Add(min(ttl, time.Duration(*e.cfg.ConnLinger)))
+}
+
+// park keeps t's conn loaded till its answer expires instead of
+// unloading it; false when it must go now.
+func (e *Engine) park(t *Tunnel) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped || t.loaded.Name != t.Conn || !e.p.Now().Before(t.connUntil) {
+		return false
+	}
+	e.parked[t.Conn] = parkedConn{conn: t.loaded, until: t.connUntil}
+	return true
+}
+
+// unpark takes back a parked conn that equals conn and is still valid:
+// it is loaded already. A different one is forgotten (loading conn
+// replaces it in charon).
+func (e *Engine) unpark(conn vici.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, ok := e.parked[conn.Name]
+	delete(e.parked, conn.Name)
+	return ok && e.p.Now().Before(p.until) && reflect.DeepEqual(p.conn, conn)
+}
+
+// unloadParked unloads the parked conns expired at now (all with force).
+func (e *Engine) unloadParked(ctx context.Context, now time.Time, force bool) {
+	e.mu.Lock()
+	var names []string
+	for name, p := range e.parked {
+		if force || !now.Before(p.until) {
+			names = append(names, name)
+			delete(e.parked, name)
+		}
+	}
+	e.mu.Unlock()
+	for _, name := range names {
+		if err := e.unloadConn(ctx, name); err != nil {
+			e.log.Debug("unload parked OE conn", "conn", name, "err", err)
+		}
+	}
 }
 
 // New checks cfg and makes an engine; Start installs its kernel policies.
@@ -202,7 +274,7 @@ func New(cfg Config, p Params) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
 		initiating: make(chan struct{}, p.MaxInitiates), changed: make(chan struct{}),
-		initKeys: map[string][]string{}}
+		initKeys: map[string][]string{}, parked: map[string]parkedConn{}}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -1162,16 +1234,24 @@ func (e *Engine) respond(peer netip.Addr) {
 			// checked against their reverse map's delegation once charon
 			// narrowed the selectors (checkAccepted).
 			conn.Children = conn.Children[1:]
-			err = e.loadConn(ctx, conn, *gw)
+			if len(gw.PSK) > 0 || !e.unpark(conn) {
+				err = e.loadConn(ctx, conn, *gw)
+			}
+			if err == nil {
+				e.loadedFor(t, conn, *gw, ans.TTL)
+			}
 		}
 		e.mu.Lock()
 		t.Gateway, t.KeySource, t.DNSSEC, t.Method = gatewayName(*gw), gw.Source, ans.DNSSEC, ans.Method
 		if len(gw.Keys) == 1 {
 			t.peerKey = gw.Keys[0]
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			t.State, t.Reason = StateFailed, "load conn: "+err.Error()
-		} else {
+		case t.State == StateResolving:
+			// Not when its CHILD_SA came up meanwhile (a parked conn let
+			// charon finish before this lookup did).
 			t.State = StateNegotiating
 		}
 		e.mu.Unlock()
@@ -1492,7 +1572,7 @@ func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
 		_ = e.p.Kernel.Remove(ctx, p)
 	}
 	e.removeShunt(ctx, t)
-	if t.ownsConn {
+	if t.ownsConn && !e.park(t) {
 		// Unloading a conn leaves its SAs (no start action): other pairs'
 		// CHILD_SAs in its IKE_SA stay up.
 		if err := e.unloadConn(ctx, t.Conn); err != nil {
@@ -1546,6 +1626,7 @@ func (e *Engine) terminatePair(ctx context.Context, t *Tunnel) {
 // of its span gets the busy lifespan; an idle one is closed with a Delete.
 func (e *Engine) Tick(ctx context.Context) {
 	now := e.p.Now()
+	e.unloadParked(ctx, now, false)
 	e.mu.Lock()
 	var due []*Tunnel
 	for pair, t := range e.tunnels {
@@ -1743,6 +1824,11 @@ func (e *Engine) Leave() {
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
+	// Parked conns carry no tunnel to leave: the next obold would not know
+	// them.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e.unloadParked(ctx, time.Time{}, true)
 	e.log.Info("OE stopped; tunnels and kernel policies left for the next obold (on_stop = \"leave\")")
 }
 
@@ -1765,6 +1851,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	for _, t := range all {
 		e.teardown(ctx, t, t.State == StateUp)
 	}
+	e.unloadParked(ctx, time.Time{}, true)
 	_ = e.p.Charon.UnloadConn(ctx, e.acceptorName())
 	n, err := e.p.Kernel.RemoveAll(ctx)
 	e.log.Info("OE stopped", "tunnels", len(all), "policies removed", n)

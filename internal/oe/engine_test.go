@@ -43,6 +43,7 @@ type fakeCharon struct {
 	// slots, if set, bounds concurrent initiates; each takes takes.
 	slots chan struct{}
 	takes time.Duration
+	loads int // LoadConn calls
 }
 
 func (f *fakeCharon) ListConns(_ context.Context, name string) ([]vici.ConnInfo, error) {
@@ -63,7 +64,14 @@ func (f *fakeCharon) LoadConn(_ context.Context, c vici.Conn) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.conns[c.Name] = c
+	f.loads++
 	return nil
+}
+
+func (f *fakeCharon) loadCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.loads
 }
 func (f *fakeCharon) LoadShared(_ context.Context, sh vici.Shared) error {
 	f.mu.Lock()
@@ -760,4 +768,112 @@ func TestRequestWaitsAndTimesOut(t *testing.T) {
 		t.Fatalf("err = %v, want a deadline while resolving", err)
 	}
 	close(r.dns.block)
+}
+
+// TestConnLinger: a closed responder's conn stays loaded while its DNS
+// answer is valid (at most conn_linger), so the same initiator's next
+// IKE_SA finds it (no load-conn, no race with its IKE_AUTH); a changed key
+// loads again; expiry and Stop unload it. Initiator conns are not parked.
+func TestConnLinger(t *testing.T) {
+	r := newRig(t, "private-or-clear=0.0.0.0/0", nil)
+	peer := netip.MustParseAddr("192.0.2.2")
+	conn := "obol-oe-r-192-0-2-2"
+	answer := func() plugins.LookupAnswer {
+		return plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, DNSSEC: plugins.DNSSECSecure, TTL: 5 * time.Minute}
+	}
+	r.dns.set(peer, answer())
+	base := r.ch.loadCount() // the acceptor conn
+	hostSA := &vici.IKESA{Name: conn, RemoteHost: peer,
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 9, LocalTS: []string{"192.0.2.1/32"}, RemoteTS: []string{"192.0.2.2/32"}}}}
+	// The initiator comes, its tunnel comes up and is closed by a Delete.
+	session := func() {
+		t.Helper()
+		r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			r.e.mu.Lock()
+			tu := r.e.tunnels[xfrm.Pair{Src: netip.MustParseAddr("192.0.2.1"), Dst: peer}]
+			settled := tu != nil && tu.State != StateResolving
+			r.e.mu.Unlock()
+			if settled {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the responder never settled")
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: hostSA})
+		r.tunnel(t, "192.0.2.1", "192.0.2.2", StateUp)
+		r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: hostSA})
+		if len(r.e.Tunnels()) != 0 || len(r.policies(t, xfrm.Allow, "192.0.2.1/32", "192.0.2.2/32")) != 0 {
+			t.Fatalf("closed tunnel left state: %+v", r.e.Tunnels())
+		}
+	}
+	session()
+	if n := r.ch.loadCount() - base; n != 1 {
+		t.Fatalf("first session: %d load-conns", n)
+	}
+	if _, ok := r.ch.conn(conn); !ok {
+		t.Fatal("the conn was unloaded though its DNS answer is valid")
+	}
+	// The same initiator again: nothing to load.
+	session()
+	if n := r.ch.loadCount() - base; n != 1 {
+		t.Errorf("the returning initiator's conn was loaded again (%d load-conns)", n)
+	}
+	// A new key in DNS: the parked conn is not the one wanted, load again.
+	r.dns.set(peer, answer())
+	session()
+	if n := r.ch.loadCount() - base; n != 2 {
+		t.Errorf("a changed key did not load the conn again (%d load-conns)", n)
+	}
+	// Left alone past conn_linger (2m, under the TTL): unloaded.
+	r.advance(2*time.Minute + time.Second)
+	r.e.Tick(context.Background())
+	if _, ok := r.ch.conn(conn); ok {
+		t.Error("the parked conn outlived conn_linger")
+	}
+	// An initiator's conn is never parked, whatever the TTL: it goes with
+	// its tunnel.
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.3", 10)}, TTL: 5 * time.Minute})
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+	if _, ok := r.ch.conn("obol-oe-10-1-0-10-10-2-0-10"); ok {
+		t.Error("initiator conn left loaded")
+	}
+	// Parked at Stop: unloaded with everything else.
+	session()
+	if err := r.e.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.ch.conn(conn); ok {
+		t.Error("Stop left a parked conn loaded")
+	}
+}
+
+// TestConnLingerOff: conn_linger = "0s" unloads a closed responder's conn
+// at once whatever the TTL.
+func TestConnLingerOff(t *testing.T) {
+	r := newRig(t, "private-or-clear=0.0.0.0/0", func(c *Config) {
+		off := Duration(0)
+		c.ConnLinger = &off
+	})
+	r.dns.set(netip.MustParseAddr("192.0.2.2"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 65536)}, TTL: 5 * time.Minute})
+	r.e.HandleEvent(vici.Event{Kind: vici.EventLog, Log: &vici.LogLine{Message: "192.0.2.2 is initiating an IKE_SA"}})
+	deadline := time.Now().Add(5 * time.Second)
+	for _, ok := r.ch.conn("obol-oe-r-192-0-2-2"); !ok; _, ok = r.ch.conn("obol-oe-r-192-0-2-2") {
+		if time.Now().After(deadline) {
+			t.Fatal("no responder conn")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	hostSA := &vici.IKESA{Name: "obol-oe-r-192-0-2-2", RemoteHost: netip.MustParseAddr("192.0.2.2"),
+		Children: []vici.ChildSA{{Name: "accept", UniqueID: 9, LocalTS: []string{"192.0.2.1/32"}, RemoteTS: []string{"192.0.2.2/32"}}}}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: hostSA})
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: hostSA})
+	if _, ok := r.ch.conn("obol-oe-r-192-0-2-2"); ok {
+		t.Error("responder conn left loaded with conn_linger off")
+	}
 }
