@@ -73,7 +73,6 @@ func TestOELeapOfFaith(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
-	run(t, ha, "sysctl", "-qw", "net.core.xfrm_acq_expires=1")
 	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
 	zone := func(keyB string) {
 		t.Helper()

@@ -22,10 +22,6 @@ func TestOEConfiguredPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	gwa, gwb, alice, bob := l.Node(lab.GWA), l.Node(lab.GWB), l.Node(lab.Alice), l.Node(lab.Bob)
-	// A trap raises one ACQUIRE per pair until the larval state expires
-	// (30 s by default): short here, so the pair is tried again soon
-	// after its shunt expires.
-	run(t, gwa, "sysctl", "-qw", "net.core.xfrm_acq_expires=2")
 	loadSwanctl(t, gwa, scenario.SwanctlGateway("192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24"))
 	loadSwanctl(t, gwb, scenario.SwanctlGateway("192.0.2.2", "192.0.2.1", "10.2.0.0/24", "10.1.0.0/24"))
 

@@ -42,9 +42,6 @@ func TestOEFailures(t *testing.T) {
 	for _, a := range []string{"10.2.0.11", "10.2.0.12", "10.2.0.13", "10.2.0.14"} {
 		run(t, bob, "ip", "addr", "add", a+"/24", "dev", lab.LANIf)
 	}
-	// A trap raises one ACQUIRE per pair until the larval state expires
-	// (30 s by default); short here so an expired shunt is retried quickly.
-	run(t, gwa, "sysctl", "-qw", "net.core.xfrm_acq_expires=2")
 	ka, kb, wrong := newOEKey(t, gwa), newOEKey(t, gwb), newOEKey(t, bob)
 	zones := oeZones(ka, kb)
 	// 10.2.0.13 names gwb with a key that is not gwb's.

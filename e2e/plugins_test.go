@@ -47,9 +47,6 @@ func TestOEResolverPlugin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	ha, hb := l.Node(lab.HostA), l.Node(lab.HostB)
-	// The kernel holds back a second ACQUIRE for a pair while the first
-	// one's larval state lives (30s by default); the tunnel is set up twice.
-	run(t, ha, "sysctl", "-qw", "net.core.xfrm_acq_expires=1")
 	ka, kb := newOEKey(t, ha), newOEKey(t, hb)
 	if err := l.SetZone(ctx, lab.Zone{Name: "2.0.192.in-addr.arpa.", Records: []string{
 		"11 300 IN IPSECKEY 10 1 2 192.0.2.11 " + ka.dns,

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -60,14 +59,6 @@ func (d *Daemon) startOE(ctx context.Context) error {
 	// A restarted charon lost the key: load it on every (re)connect.
 	if _, err := d.charon.LoadKey(ctx, vici.Key{Type: "any", Data: keyPEM}); err != nil {
 		return fmt.Errorf("oe: load our key into charon: %w", err)
-	}
-	if datapath == string(plugins.DatapathUserspace) {
-		// charon sets the sysctl when it starts: check at every (re)connect.
-		if raw, err := os.ReadFile(acqExpiresPath); err == nil {
-			if advice := acqExpiresAdvice(strings.TrimSpace(string(raw))); advice != "" {
-				d.log.Warn(advice, "sysctl", "net.core.xfrm_acq_expires", "value", strings.TrimSpace(string(raw)))
-			}
-		}
 	}
 	if eng != nil {
 		return nil
@@ -213,26 +204,4 @@ func localAddrs() []netip.Addr {
 		}
 	}
 	return out
-}
-
-const acqExpiresPath = "/proc/sys/net/core/xfrm_acq_expires"
-
-// maxAcqExpires is the longest larval-state life that OE on the userspace
-// datapath tolerates without a warning.
-const maxAcqExpires = 5
-
-// acqExpiresAdvice says what is wrong with net.core.xfrm_acq_expires (in
-// seconds, as /proc shows it) for OE on the userspace datapath, or "".
-// There the kernel never gets the SA, so the larval state of a pair's
-// first ACQUIRE lives its whole life: once the pair's tunnel closes (an
-// idle lifespan ends), the kernel raises no new ACQUIRE for the pair and
-// drops its packets until that state expires. The state cannot be deleted
-// (XFRM_MSG_DELSA finds no ESP state with SPI 0: measured ESRCH), and a
-// flush would take charon's own with it.
-func acqExpiresAdvice(v string) string {
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= maxAcqExpires {
-		return ""
-	}
-	return fmt.Sprintf("OE: after a tunnel closes, its pair's traffic is dropped with no new OE attempt for up to %d s (net.core.xfrm_acq_expires, which charon sets when it starts); set charon.plugins.kernel-netlink.xfrm_acq_expires = 1 in strongswan.conf and restart charon", n)
 }

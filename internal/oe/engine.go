@@ -1097,13 +1097,63 @@ func (e *Engine) removeShunt(ctx context.Context, t *Tunnel) {
 // lifetime: the pair's next packet hits the trap and OE is tried again.
 func (e *Engine) ShuntExpired(p xfrm.Policy) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	var again []xfrm.Pair
 	for pair, t := range e.tunnels {
 		if t.shunt != nil && t.shunt.Src == p.Src && t.shunt.Dst == p.Dst && t.State == StateFailed {
 			delete(e.tunnels, pair)
+			again = append(again, pair)
 			e.log.Info("OE failure shunt expired; the next packet tries OE again", "pair", pair)
 		}
 	}
+	e.mu.Unlock()
+	for _, pair := range again {
+		e.rearm(e.context(), pair)
+	}
+}
+
+// rearm gives the trap covering pair the next template reqid, so that the
+// pair's next packet raises a new ACQUIRE. The larval state of its last
+// ACQUIRE lives net.core.xfrm_acq_expires (165 s as charon sets it) on the
+// userspace datapath, where no SA ever replaces it, and the kernel raises
+// no ACQUIRE for the pair while it lives; a larval state matches only its
+// own template's reqid. The trap is updated in place: no moment without it.
+func (e *Engine) rearm(ctx context.Context, pair xfrm.Pair) {
+	e.mu.Lock()
+	i := trapFor(e.base, pair)
+	if i < 0 || e.stopped {
+		e.mu.Unlock()
+		return
+	}
+	p := e.base[i]
+	p.ReqID = xfrm.NextReqID(p.ReqID)
+	e.base[i] = p // a concurrent rearm takes the generation after this one
+	e.mu.Unlock()
+	got, err := e.p.Kernel.Install(ctx, p)
+	if err != nil {
+		e.log.Warn("OE: cannot re-arm the trap after a tunnel closed; the pair's next ACQUIRE waits for its larval state to expire (net.core.xfrm_acq_expires)", "pair", pair, "trap", p, "err", err)
+		return
+	}
+	e.mu.Lock()
+	if i < len(e.base) && e.base[i].ReqID == p.ReqID && e.base[i].Dst == p.Dst && e.base[i].Src == p.Src {
+		e.base[i] = got
+	}
+	e.mu.Unlock()
+	e.log.Debug("OE trap re-armed for the next ACQUIRE", "pair", pair, "trap", got)
+}
+
+// trapFor is the index in ps of the most specific trap covering pair, -1
+// when none does.
+func trapFor(ps []xfrm.Policy, pair xfrm.Pair) int {
+	best := -1
+	for i, p := range ps {
+		if p.Action != xfrm.Trap || p.Dir != xfrm.DirOut || !p.Src.Contains(pair.Src) || !p.Dst.Contains(pair.Dst) {
+			continue
+		}
+		if best < 0 || p.Dst.Bits() > ps[best].Dst.Bits() {
+			best = i
+		}
+	}
+	return best
 }
 
 var initiatingRE = regexp.MustCompile(`^(\S+) is initiating an IKE_SA$`)
@@ -1572,6 +1622,9 @@ func (e *Engine) teardown(ctx context.Context, t *Tunnel, terminate bool) {
 		_ = e.p.Kernel.Remove(ctx, p)
 	}
 	e.removeShunt(ctx, t)
+	if t.Role == "initiator" || !t.gwLevel {
+		e.rearm(ctx, t.Pair)
+	}
 	if t.ownsConn && !e.park(t) {
 		// Unloading a conn leaves its SAs (no start action): other pairs'
 		// CHILD_SAs in its IKE_SA stay up.

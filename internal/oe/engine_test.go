@@ -877,3 +877,55 @@ func TestConnLingerOff(t *testing.T) {
 		t.Error("responder conn left loaded with conn_linger off")
 	}
 }
+
+// trapReqID is the reqid of the kernel trap covering dst.
+func (r *rig) trapReqID(t *testing.T, dst string) uint32 {
+	t.Helper()
+	ps, err := r.spd.Policies(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := trapFor(ps, xfrm.Pair{Src: netip.MustParseAddr("10.1.0.10"), Dst: netip.MustParseAddr(dst)})
+	if i < 0 {
+		t.Fatalf("no trap covers %s: %v", dst, ps)
+	}
+	return ps[i].ReqID
+}
+
+// TestRearmAfterClose: when a pair's tunnel closes or its failure shunt
+// expires, the trap covering it gets the next reqid generation in the
+// kernel, so the pair's next packet raises a new ACQUIRE despite the
+// larval state of its last one; the trap never leaves the kernel.
+func TestRearmAfterClose(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	first := r.trapReqID(t, "10.2.0.10")
+	if !xfrm.DefaultOwner().IsReqID(first) {
+		t.Fatalf("trap reqid %#x is not obold's", first)
+	}
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	if got := r.trapReqID(t, "10.2.0.10"); got != first {
+		t.Fatalf("trap re-armed while the tunnel is up: %#x", got)
+	}
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-10"}})
+	second := r.trapReqID(t, "10.2.0.10")
+	if second != xfrm.NextReqID(first) {
+		t.Fatalf("after the tunnel closed the trap's reqid is %#x, want %#x", second, xfrm.NextReqID(first))
+	}
+	if n := len(r.policies(t, xfrm.Trap, "0.0.0.0/0", "10.2.0.0/16")); n != 1 {
+		t.Fatalf("%d traps for the group after re-arming", n)
+	}
+	// A failure, then its shunt expires: re-armed again.
+	r.ch.fail["192.0.2.2"] = errors.New("AUTHENTICATION_FAILED")
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateFailed)
+	shunt := r.policies(t, xfrm.Block, "10.1.0.10/32", "10.2.0.10/32")
+	if len(shunt) != 1 {
+		t.Fatalf("failure shunt %+v", shunt)
+	}
+	r.e.ShuntExpired(shunt[0])
+	if got := r.trapReqID(t, "10.2.0.10"); got != xfrm.NextReqID(second) {
+		t.Errorf("after the shunt expired the trap's reqid is %#x, want %#x", got, xfrm.NextReqID(second))
+	}
+}

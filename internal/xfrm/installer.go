@@ -2,6 +2,8 @@ package xfrm
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +32,11 @@ type Installer struct {
 	next      uint32          // next index slot to try
 	used      map[uint32]bool // indexes known to be taken by obold's policies
 	sinceSeed int             // indexes handed out since the last seed
+	// trapReqID is the reqid new traps get: obold's, with a generation
+	// drawn at random for this installer, so the traps of a restarted
+	// obold do not match the larval states its predecessor's left (they
+	// would hold their pairs without a new ACQUIRE; see NextReqID).
+	trapReqID uint32
 }
 
 // NewInstaller checks owner and returns an Installer (nil log: slog.Default()).
@@ -43,7 +50,13 @@ func NewInstaller(spd SPD, owner Owner, log *slog.Logger) (*Installer, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Installer{spd: spd, owner: owner.withDefaults(), log: log, used: map[uint32]bool{}}, nil
+	owner = owner.withDefaults()
+	var g [2]byte
+	if _, err := rand.Read(g[:]); err != nil {
+		return nil, fmt.Errorf("xfrm: installer: no randomness for the trap reqid: %w", err)
+	}
+	gen := binary.BigEndian.Uint16(g[:]) | 1 // never 0
+	return &Installer{spd: spd, owner: owner, log: log, used: map[uint32]bool{}, trapReqID: owner.ReqID()&^0xffff | uint32(gen)}, nil
 }
 
 // Owner is the ownership marker the installer uses.
@@ -107,7 +120,9 @@ func (in *Installer) Install(ctx context.Context, p Policy) (Policy, error) {
 	}
 	p.Ifindex, p.Added = 0, time.Time{}
 	if p.Action == Trap {
-		p.ReqID = in.owner.ReqID()
+		if !in.owner.IsReqID(p.ReqID) {
+			p.ReqID = in.trapReqID
+		}
 	} else {
 		p.ReqID = 0
 	}

@@ -98,7 +98,7 @@ func TestKernelAcquire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out := ns.ip("xfrm", "policy", "list"); !strings.Contains(out, fmt.Sprintf("proto esp reqid %d mode transport", DefaultOwner().ReqID())) {
+		if out := ns.ip("xfrm", "policy", "list"); !strings.Contains(out, fmt.Sprintf("proto esp reqid %d mode transport", trap.ReqID)) || !DefaultOwner().IsReqID(trap.ReqID) {
 			t.Errorf("ip xfrm policy list shows no transport-mode ESP template:\n%s", out)
 		}
 		owner := DefaultOwner()
@@ -137,7 +137,7 @@ func TestKernelAcquire(t *testing.T) {
 			if a.Policy.Index != trap.Index || a.Policy.Priority != trapPrio || a.Policy.Action != Trap || a.Policy.Dst != trapNet {
 				t.Errorf("ACQUIRE %d: policy %s, want obold's trap %s", i, a.Policy, trap)
 			}
-			if len(a.Templates) != 1 || a.Templates[0].Mode != modeTransport || a.Templates[0].Proto != protoESP || a.ReqID != DefaultOwner().ReqID() {
+			if len(a.Templates) != 1 || a.Templates[0].Mode != modeTransport || a.Templates[0].Proto != protoESP || !DefaultOwner().IsReqID(a.ReqID) {
 				t.Errorf("ACQUIRE %d: templates %+v", i, a.Templates)
 			}
 			if a.SecCtx != nil {
@@ -188,7 +188,7 @@ func TestKernelAcquire(t *testing.T) {
 		var pairs []string
 		for _, a := range pend {
 			pairs = append(pairs, a.Pair().String())
-			if a.ReqID != DefaultOwner().ReqID() || !a.Recovered {
+			if !DefaultOwner().IsReqID(a.ReqID) || !a.Recovered {
 				t.Errorf("pending %s: reqid %#x", a.Pair(), a.ReqID)
 			}
 		}

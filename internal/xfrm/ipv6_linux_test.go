@@ -111,7 +111,7 @@ func TestKernelAcquireIPv6(t *testing.T) {
 			if a.Policy.Index != trap.Index || a.Policy.Dst != trapNet6 || a.Policy.Src != anyV6 || a.Policy.Action != Trap {
 				t.Errorf("ACQUIRE %d: policy %s, want obold's trap %s", i, a.Policy, trap)
 			}
-			if len(a.Templates) != 1 || a.Templates[0].Family != afInet6 || a.Templates[0].Mode != modeTransport || a.ReqID != owner.ReqID() {
+			if len(a.Templates) != 1 || a.Templates[0].Family != afInet6 || a.Templates[0].Mode != modeTransport || !owner.IsReqID(a.ReqID) {
 				t.Errorf("ACQUIRE %d: templates %+v", i, a.Templates)
 			}
 		}

@@ -378,7 +378,7 @@ func (l *Listener) recoverer() {
 			if l.wasDelivered(a.Seq) {
 				continue
 			}
-			if l.owner != nil && a.ReqID != l.owner.ReqID() {
+			if l.owner != nil && !l.owner.IsReqID(a.ReqID) {
 				continue // another trap's larval state (charon's, say)
 			}
 			a.Received = now

@@ -118,11 +118,32 @@ func (o Owner) Tagged(index uint32) bool {
 	return uint8(index>>24) == o.Tag
 }
 
-// ReqID is the request id obold's trap templates carry: the tag in the top
-// byte, 0x0b01 below. strongSwan numbers its reqids from 1.
+// ReqID is the request id obold's trap templates carry when installed: the
+// tag in the top byte, 0x0b in the next, a generation in the low 16 bits
+// (1 here; NextReqID moves it). strongSwan numbers its reqids from 1.
 func (o Owner) ReqID() uint32 {
 	o = o.withDefaults()
-	return uint32(o.Tag)<<24 | 0x0b01
+	return uint32(o.Tag)<<24 | 0x0b<<16 | 1
+}
+
+// IsReqID says whether r is a request id of obold's traps, of any
+// generation.
+func (o Owner) IsReqID(r uint32) bool {
+	o = o.withDefaults()
+	return r>>16 == uint32(o.Tag)<<8|0x0b
+}
+
+// NextReqID is the next generation of trap request id r (never 0). A
+// larval state matches only its own template's request id, so a trap
+// re-installed with the next one raises a fresh ACQUIRE for a pair whose
+// last one's larval state is still alive (it cannot be deleted: the
+// kernel looks ESP states up by SPI, and a larval state has none).
+func NextReqID(r uint32) uint32 {
+	g := uint16(r) + 1
+	if g == 0 {
+		g = 1
+	}
+	return r&^0xffff | uint32(g)
 }
 
 // slotCount is how many indexes per direction the tag leaves: 21 bits.

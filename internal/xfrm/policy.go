@@ -122,7 +122,8 @@ type Policy struct {
 	SecCtx string
 
 	// ReqID is a trap template's request id. The Installer sets
-	// Owner.ReqID(), so that larval states of obold's traps can be told from
+	// Owner.ReqID() unless it is one of obold's already (a later
+	// generation, NextReqID), so that larval states of obold's traps can be told from
 	// others' (a larval state names no policy). Not part of the identity.
 	ReqID uint32
 

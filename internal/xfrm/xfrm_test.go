@@ -860,3 +860,29 @@ func TestCheckWarnsOnce(t *testing.T) {
 		t.Errorf("%d warnings, want 3", n)
 	}
 }
+
+func TestTrapReqIDGenerations(t *testing.T) {
+	o := DefaultOwner()
+	tests := []struct {
+		name string
+		r    uint32
+		ours bool
+	}{
+		{"installed", o.ReqID(), true},
+		{"next", NextReqID(o.ReqID()), true},
+		{"wrapped", NextReqID(o.ReqID() | 0xffff), true},
+		{"strongSwan's", 1, false},
+		{"other tag", o.ReqID() ^ 0x01000000, false},
+	}
+	for _, tc := range tests {
+		if got := o.IsReqID(tc.r); got != tc.ours {
+			t.Errorf("%s: IsReqID(%#x) = %v, want %v", tc.name, tc.r, got, tc.ours)
+		}
+	}
+	if g := NextReqID(o.ReqID() | 0xffff); g&0xffff == 0 {
+		t.Errorf("NextReqID wrapped to generation 0: %#x", g)
+	}
+	if NextReqID(o.ReqID()) == o.ReqID() {
+		t.Error("NextReqID did not move")
+	}
+}
