@@ -166,6 +166,10 @@ type Engine struct {
 
 	// parked are closed tunnels' conns left loaded (ConnLinger), by name.
 	parked map[string]parkedConn
+	// childUp is, per pair, the IKE_SA of the last CHILD_SA charon
+	// reported up for it, and when: an initiator that finds its pair here
+	// needs no list-sas to learn where charon put the CHILD_SA.
+	childUp map[xfrm.Pair]seenChild
 
 	// initKeys are the gateway keys pinned in each initiator conn (PEM),
 	// taken from a client's record: the conn's accepting child may carry
@@ -194,6 +198,41 @@ type backoff struct {
 // conns are never parked: they carry the pair's own child besides the
 // accepting one, and charon would pick them to answer the peer's next
 // initiation with that child, which the responder's checks do not take.
+type seenChild struct {
+	ike string
+	at  time.Time
+}
+
+// noteChildUp records, for every pair sa's CHILD_SAs carry, that sa holds
+// it (bounded: entries older than a minute go first).
+func (e *Engine) noteChildUp(sa *vici.IKESA) {
+	now := e.p.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.childUp) >= 4096 {
+		for p, c := range e.childUp {
+			if now.Sub(c.at) > time.Minute {
+				delete(e.childUp, p)
+			}
+		}
+	}
+	for _, ch := range sa.Children {
+		if p, ok := childPair(ch); ok && len(e.childUp) < 8192 {
+			e.childUp[p] = seenChild{ike: sa.Name, at: now}
+		}
+	}
+}
+
+// seenUp takes the IKE_SA charon reported holding pair's CHILD_SA since
+// since, if its event came already.
+func (e *Engine) seenUp(pair xfrm.Pair, since time.Time) (string, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.childUp[pair]
+	delete(e.childUp, pair)
+	return c.ike, ok && !c.at.Before(since)
+}
+
 type parkedConn struct {
 	conn  vici.Conn
 	until time.Time
@@ -274,7 +313,7 @@ func New(cfg Config, p Params) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, p: p, pol: pol, log: p.Log, tunnels: map[xfrm.Pair]*Tunnel{}, backoff: map[netip.Addr]backoff{},
 		initiating: make(chan struct{}, p.MaxInitiates), changed: make(chan struct{}),
-		initKeys: map[string][]string{}, parked: map[string]parkedConn{}}
+		initKeys: map[string][]string{}, parked: map[string]parkedConn{}, childUp: map[xfrm.Pair]seenChild{}}
 	e.local = cfg.IKEAddrs()
 	e.id = e.idFor(e.local[0])
 	if blk, _ := pem.Decode(p.PubPEM); blk != nil {
@@ -755,7 +794,14 @@ func (e *Engine) initiate(ctx context.Context, t *Tunnel, dec policy.Decision) {
 		}
 		if err == nil {
 			established := e.p.Now()
-			e.locate(ctx, t)
+			if ike, ok := e.seenUp(pair, loaded); ok {
+				// charon's child-updown came before initiate's answer.
+				e.mu.Lock()
+				t.ike = ike
+				e.mu.Unlock()
+			} else {
+				e.locate(ctx, t)
+			}
 			if e.up(ctx, t) {
 				e.log.Debug("OE setup phases", "pair", pair, "to_start", start.Sub(acquired), "resolve", resolved.Sub(start), "load_conn", loaded.Sub(resolved),
 					"ike", established.Sub(loaded), "locate_allow", e.p.Now().Sub(established))
@@ -1188,6 +1234,7 @@ func (e *Engine) HandleEvent(ev vici.Event) {
 		}
 		if ev.Up {
 			if ev.Kind == vici.EventChildUpDown {
+				e.noteChildUp(ev.SA)
 				e.checkAccepted(ev.SA)
 			}
 			return

@@ -929,3 +929,23 @@ func TestRearmAfterClose(t *testing.T) {
 		t.Errorf("after the shunt expired the trap's reqid is %#x, want %#x", got, xfrm.NextReqID(second))
 	}
 }
+
+// TestChildUpEventLocatesIKESA: when charon's child-updown comes before
+// initiate's answer, the initiator takes the IKE_SA holding its CHILD_SA
+// from it (no list-sas), even when charon put it in another conn's IKE_SA:
+// that IKE_SA's Delete then closes the pair.
+func TestChildUpEventLocatesIKESA(t *testing.T) {
+	r := newRig(t, "private=10.2.0.0/16", nil)
+	r.dns.set(netip.MustParseAddr("10.2.0.10"), plugins.LookupAnswer{Gateways: []plugins.Gateway{gateway(t, "192.0.2.2", 10)}})
+	other := &vici.IKESA{Name: "obol-oe-10-1-0-10-10-2-0-99", RemoteHost: netip.MustParseAddr("192.0.2.2"),
+		Children: []vici.ChildSA{{Name: "oe", UniqueID: 3, LocalTS: []string{"10.1.0.10/32"}, RemoteTS: []string{"10.2.0.10/32"}}}}
+	r.ch.onInitiate = func(string) {
+		r.e.HandleEvent(vici.Event{Kind: vici.EventChildUpDown, Up: true, SA: other})
+	}
+	r.e.HandleAcquire(acquire("10.1.0.10", "10.2.0.10", 0))
+	r.tunnel(t, "10.1.0.10", "10.2.0.10", StateUp)
+	r.e.HandleEvent(vici.Event{Kind: vici.EventIKEUpDown, SA: other})
+	if len(r.e.Tunnels()) != 0 || len(r.policies(t, xfrm.Allow, "10.1.0.10/32", "10.2.0.10/32")) != 0 {
+		t.Fatalf("the Delete of the IKE_SA holding the pair left it up: %+v", r.e.Tunnels())
+	}
+}
