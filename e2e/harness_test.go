@@ -65,6 +65,9 @@ func startLab(t testing.TB, opts lab.Options) *lab.Lab {
 		t.Fatalf("start lab: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			logTails(t, l)
+		}
 		if err := l.Close(); err != nil {
 			t.Errorf("close lab: %v", err)
 		}
@@ -73,6 +76,23 @@ func startLab(t testing.TB, opts lab.Options) *lab.Lab {
 		}
 	})
 	return l
+}
+
+// logTails puts the last lines of every node's obold and charon logs into
+// a failed test's output, so a failure seen once (in CI, say) can be read
+// without OBOL_KEEP_LAB.
+func logTails(t testing.TB, l *lab.Lab) {
+	const lines = 60
+	for _, n := range l.Nodes() {
+		for _, name := range []string{"obold.log", "charon.log"} {
+			b, err := os.ReadFile(filepath.Join(n.Dir, name))
+			if err != nil || len(b) == 0 {
+				continue
+			}
+			all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			t.Logf("--- last %d lines of %s on %s ---\n%s", min(lines, len(all)), name, n.Name, strings.Join(all[max(0, len(all)-lines):], "\n"))
+		}
+	}
 }
 
 // obold is one obold running in a lab node.
